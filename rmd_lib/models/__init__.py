@@ -1,0 +1,6 @@
+"""Classifiers and generators; every generator maps z (B, latent_dim) to images in [0, 1]."""
+from .classifier import MnistClassifier
+from .gan import WGANCritic, WGANGenerator
+from .vae import VAE, VAEDecoder
+
+__all__ = ["MnistClassifier", "VAE", "VAEDecoder", "WGANGenerator", "WGANCritic"]

@@ -1,0 +1,113 @@
+"""Compute budgets, in one place: ``smoke`` (CI), ``standard`` (CPU book build), ``paper`` (GPU).
+
+Every notebook takes ``profile`` as a parameter and reads all of its sizes from here, so a
+chapter never hard-codes how long it runs.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+
+__all__ = ["Profile", "PROFILES", "get_profile", "resolve_device"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes and step counts for one budget; every field is read by some chapter."""
+
+    name: str
+    # data: caps on the number of images used (None = all that the source has)
+    n_train: int | None
+    n_test: int
+    # classifier (the authors' MNIST CNN)
+    classifier_epochs: int
+    # VAE (the paper's 784-500-500-20 model)
+    vae_epochs: int
+    # WGAN-GP generator (Defense-GAN's second generator)
+    gan_iters: int
+    gan_width: int
+    # invert-and-classify: the projection used by the defense
+    proj_steps: int
+    proj_restarts: int
+    # how many test images the attack tables use
+    n_attack: int
+    # BIM/PGD iterations
+    bim_steps: int
+    # grids for the "projection MSE against steps and restarts" figure
+    sweep_steps: tuple[int, ...] = (10, 50, 200)
+    sweep_restarts: tuple[int, ...] = (1, 4, 10)
+    n_sweep: int = 100
+    batch_size: int = 128
+    # tolerance used by the notebooks' headline assertions, in accuracy points
+    claim_margin: float = 0.30
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def with_(self, **changes) -> "Profile":
+        """A copy with some fields changed (for exercises and tests)."""
+        return replace(self, **changes)
+
+
+PROFILES: dict[str, Profile] = {
+    # CI: each notebook within 90 s on 2 CPU cores; numbers only sanity-checked.
+    "smoke": Profile(
+        name="smoke", n_train=1000, n_test=200,
+        classifier_epochs=3, vae_epochs=20, gan_iters=40, gan_width=16,
+        proj_steps=40, proj_restarts=2, n_attack=48, bim_steps=5,
+        sweep_steps=(5, 20, 40), sweep_restarts=(1, 2), n_sweep=24,
+        claim_margin=0.0,
+    ),
+    # CPU book build: real numbers; the whole book within 30 min on 2 cores.
+    "standard": Profile(
+        name="standard", n_train=20000, n_test=1000,
+        classifier_epochs=4, vae_epochs=30, gan_iters=1500, gan_width=32,
+        proj_steps=200, proj_restarts=10, n_attack=300, bim_steps=20,
+        sweep_steps=(10, 25, 50, 100, 200, 400), sweep_restarts=(1, 2, 5, 10), n_sweep=100,
+        claim_margin=0.30,
+    ),
+    # GPU: the paper's scale; full datasets, thousands of projection steps.
+    "paper": Profile(
+        name="paper", n_train=None, n_test=10000,
+        classifier_epochs=20, vae_epochs=100, gan_iters=100000, gan_width=64,
+        proj_steps=2000, proj_restarts=10, n_attack=2000, bim_steps=40,
+        sweep_steps=(10, 50, 200, 500, 1000, 2000, 4000), sweep_restarts=(1, 2, 5, 10, 20),
+        n_sweep=500, batch_size=256, claim_margin=0.30,
+    ),
+}
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"``/None picks CUDA when present, else CPU; anything else must be a usable device."""
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device={device!r} is not a device name; use 'auto', 'cpu' or 'cuda'."
+        ) from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} asks for CUDA but this machine has none; "
+            "use device='auto' or 'cpu'."
+        )
+    return dev
+
+
+def get_profile(name: str | Profile = "auto", device: str | torch.device | None = "auto") -> Profile:
+    """Look a profile up by name; ``"auto"`` gives ``paper`` when CUDA is present, else ``standard``."""
+    if isinstance(name, Profile):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"profile must be a name such as 'smoke', got {type(name).__name__}.")
+    key = name.strip().lower()
+    if key == "auto":
+        key = "paper" if resolve_device(device).type == "cuda" else "standard"
+    if key not in PROFILES:
+        raise ValueError(
+            f"Unknown profile {name!r}; choose one of {sorted(PROFILES)} or 'auto'."
+        )
+    return PROFILES[key]

@@ -1,0 +1,268 @@
+"""Training loops, and the one call that loads a checkpoint or trains and caches a model.
+
+``pretrained_or_train`` is the only way the chapters get a model: a checkpoint (local file or
+URL with SHA-256) and training from scratch go through the same call, and a trained model is
+cached under a hash of its configuration, so a second run of a notebook reuses it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from .data import Dataset, default_data_dir, fetch
+from .models import VAE, MnistClassifier, WGANCritic, WGANGenerator
+from .profiles import Profile, resolve_device
+
+__all__ = [
+    "set_seed", "train_classifier", "train_vae", "train_wgan_gp", "pretrained_or_train",
+    "save_checkpoint", "load_checkpoint", "model_config", "CACHE_FORMAT",
+]
+
+# Bump when a change to the models or loops makes old cached checkpoints wrong.
+CACHE_FORMAT = 1
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator):
+    perm = torch.randperm(n, generator=generator)
+    for i in range(0, n, batch_size):
+        yield perm[i:i + batch_size]
+
+
+def train_classifier(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int,
+                     batch_size: int = 128, lr: float = 1e-3, seed: int = 0,
+                     progress: bool = True) -> list[float]:
+    """Cross-entropy training with Adam; x (N, C, H, W) in [0, 1], y (N,). Returns epoch losses."""
+    device = next(net.parameters()).device
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    history = []
+    net.train()
+    bar = tqdm(range(epochs), desc="classifier", disable=not progress)
+    for _ in bar:
+        total = 0.0
+        for idx in _batches(len(x), batch_size, g):
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            loss = F.cross_entropy(net(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        history.append(total / len(x))
+        bar.set_postfix(loss=f"{history[-1]:.4f}")
+    net.eval()
+    return history
+
+
+def train_vae(vae: VAE, x: torch.Tensor, *, epochs: int, batch_size: int = 100, lr: float = 1e-3,
+              seed: int = 0, progress: bool = True) -> list[float]:
+    """Maximises the ELBO with Adam; x (N, 1, 28, 28) in [0, 1]. Returns per-image losses by epoch."""
+    device = next(vae.parameters()).device
+    opt = torch.optim.Adam(vae.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    g_dev = torch.Generator(device=device).manual_seed(seed + 1)
+    history = []
+    vae.train()
+    bar = tqdm(range(epochs), desc="VAE", disable=not progress)
+    for _ in bar:
+        total = 0.0
+        for idx in _batches(len(x), batch_size, g):
+            xb = x[idx].to(device)
+            loss = vae.loss(xb, generator=g_dev)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        history.append(total / len(x))
+        bar.set_postfix(neg_elbo=f"{history[-1]:.2f}")
+    vae.eval()
+    return history
+
+
+def _gradient_penalty(D: nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                      g_dev: torch.Generator) -> torch.Tensor:
+    # Gulrajani et al. (2017), eq. (3): (||grad D(x_hat)||_2 - 1)^2 on random interpolates.
+    a = torch.rand(real.shape[0], 1, 1, 1, generator=g_dev, device=real.device)
+    x_hat = (a * real + (1 - a) * fake).requires_grad_(True)
+    grad, = torch.autograd.grad(D(x_hat).sum(), x_hat, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
+
+
+def train_wgan_gp(G: WGANGenerator, D: WGANCritic, x: torch.Tensor, *, iters: int,
+                  batch_size: int = 64, n_critic: int = 5, gp_weight: float = 10.0,
+                  lr: float = 1e-4, betas=(0.5, 0.9), seed: int = 0,
+                  progress: bool = True) -> dict[str, list[float]]:
+    """WGAN-GP: ``n_critic`` critic steps per generator step, for ``iters`` generator steps."""
+    device = next(G.parameters()).device
+    opt_g = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=lr, betas=betas)
+    g = torch.Generator().manual_seed(seed)
+    g_dev = torch.Generator(device=device).manual_seed(seed + 1)
+    hist = {"critic": [], "wasserstein": []}
+    G.train(), D.train()
+    bar = tqdm(range(iters), desc="WGAN-GP", disable=not progress)
+    for _ in bar:
+        for _ in range(n_critic):
+            idx = torch.randint(len(x), (batch_size,), generator=g)
+            real = x[idx].to(device)
+            with torch.no_grad():
+                fake = G(G.sample_latent(batch_size, generator=g_dev, device=device))
+            w_dist = D(real).mean() - D(fake).mean()
+            loss_d = -w_dist + gp_weight * _gradient_penalty(D, real, fake, g_dev)
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+        loss_g = -D(G(G.sample_latent(batch_size, generator=g_dev, device=device))).mean()
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        hist["critic"].append(loss_d.item())
+        hist["wasserstein"].append(w_dist.item())
+        bar.set_postfix(W=f"{w_dist.item():.3f}")
+    G.eval(), D.eval()
+    return hist
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoints and the cache
+# ----------------------------------------------------------------------------------------
+
+def save_checkpoint(model: nn.Module, path: str | Path, metadata: dict | None = None) -> Path:
+    """Save a state dict as safetensors (no pickled code), written atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".part")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp), metadata={"config": json.dumps(metadata or {}, sort_keys=True)})
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load weights from ``.safetensors`` or a ``.pt``/``.pth`` state dict (``weights_only=True``)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Checkpoint {path} does not exist.")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickled code or a corrupt file
+            raise ValueError(
+                f"{path} is not a plain state dict that loads with weights_only=True ({exc}). "
+                "Save it with torch.save(model.state_dict(), path) or as safetensors."
+            ) from exc
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"{path} does not fit {type(model).__name__}: {str(exc).splitlines()[0]}. "
+            "Check that the checkpoint was made for this model and its sizes (width, latent_dim)."
+        ) from exc
+    return model
+
+
+_KINDS = ("classifier", "vae", "gan")
+
+
+def model_config(kind: str, dataset: Dataset, profile: Profile, seed: int) -> dict:
+    """Everything that determines a trained model; its hash names the cache entry."""
+    if kind not in _KINDS:
+        raise ValueError(f"Unknown model kind {kind!r}; choose one of {list(_KINDS)}.")
+    # The training images themselves are fingerprinted, so a change of source or split can
+    # never load a model trained on other data.
+    pixels = (dataset.x_train * 255).round().to(torch.uint8).numpy().tobytes()
+    labels = dataset.y_train.numpy().tobytes()
+    cfg = {"kind": kind, "dataset": dataset.name, "n_train": len(dataset.x_train),
+           "data_sha256": hashlib.sha256(pixels + labels).hexdigest()[:16],
+           "seed": seed, "format": CACHE_FORMAT}
+    if kind == "classifier":
+        cfg.update(epochs=profile.classifier_epochs, batch_size=profile.batch_size, lr=1e-3)
+    elif kind == "vae":
+        cfg.update(epochs=profile.vae_epochs, latent_dim=20, hidden=500, batch_size=100, lr=1e-3)
+    else:
+        cfg.update(iters=profile.gan_iters, width=profile.gan_width, latent_dim=128,
+                   batch_size=64, n_critic=5, gp_weight=10.0, lr=1e-4)
+    return cfg
+
+
+def _build(cfg: dict, num_classes: int) -> nn.Module:
+    if cfg["kind"] == "classifier":
+        return MnistClassifier(num_classes=num_classes)
+    if cfg["kind"] == "vae":
+        return VAE(latent_dim=cfg["latent_dim"], hidden=cfg["hidden"])
+    return WGANGenerator(latent_dim=cfg["latent_dim"], width=cfg["width"])
+
+
+def _train(model: nn.Module, cfg: dict, dataset: Dataset, device, progress: bool) -> None:
+    x, y = dataset.x_train, dataset.y_train
+    if cfg["kind"] == "classifier":
+        train_classifier(model, x, y, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
+                         lr=cfg["lr"], seed=cfg["seed"], progress=progress)
+    elif cfg["kind"] == "vae":
+        train_vae(model, x, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
+                  seed=cfg["seed"], progress=progress)
+    else:
+        critic = WGANCritic(width=cfg["width"]).to(device)
+        train_wgan_gp(model, critic, x, iters=cfg["iters"], batch_size=cfg["batch_size"],
+                      n_critic=cfg["n_critic"], gp_weight=cfg["gp_weight"], lr=cfg["lr"],
+                      seed=cfg["seed"], progress=progress)
+
+
+def pretrained_or_train(kind: str, dataset: Dataset, profile: Profile, *, seed: int = 0,
+                        device="auto", cache_dir: str | Path | None = None,
+                        checkpoint: str | Path | None = None, sha256: str | None = None,
+                        progress: bool = True, verbose: bool = True) -> nn.Module:
+    """Return a ``"classifier"``, ``"vae"`` or ``"gan"`` (generator) model, in eval mode.
+
+    With ``checkpoint`` (a path, or an http(s) URL that then needs ``sha256``) it loads those
+    weights. Otherwise it reuses the cached model trained with the same configuration, or
+    trains one and caches it under ``cache_dir`` (default ``<data_dir>/cache``).
+    """
+    device = resolve_device(device)
+    cfg = model_config(kind, dataset, profile, seed)
+    model = _build(cfg, len(dataset.classes))
+    if checkpoint is not None:
+        ckpt = str(checkpoint)
+        if ckpt.startswith(("http://", "https://", "file://")):
+            if not sha256:
+                raise ValueError("A checkpoint URL needs its sha256, so the download can be checked.")
+            dest = Path(cache_dir or default_data_dir() / "cache") / "downloads" / Path(ckpt).name
+            ckpt = fetch(ckpt, dest, sha256)
+        load_checkpoint(model, ckpt)
+        source = f"checkpoint {ckpt}"
+    else:
+        key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+        path = Path(cache_dir or default_data_dir() / "cache") / f"{kind}-{dataset.name}-{key}.safetensors"
+        if path.exists():
+            load_checkpoint(model, path)
+            source = f"cache {path.name}"
+        else:
+            set_seed(seed)  # the initial weights depend on the seed alone
+            model = _build(cfg, len(dataset.classes)).to(device)
+            _train(model, cfg, dataset, device, progress)
+            save_checkpoint(model, path, cfg)
+            source = f"trained now, cached as {path.name}"
+    model = model.to(device).eval()
+    model.provenance = source  # recorded by the results writer
+    if verbose:
+        print(f"{kind} ({dataset.name}): {source}")
+    return model

@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Build the HTML book from notebooks that scripts/run_notebooks.py has executed.
+
+    python scripts/build_book.py --executed _build/standard/notebooks --out _build/html [--strict]
+
+The book source (_config.yml, _toc.yml, book/, references.bib, notebooks/) is copied to
+``_build/stage-<name>/``. There the executed notebooks replace the committed, output-free
+ones and the jupytext ``.py`` twins are left out. Jupyter Book 1.x then renders the stored
+outputs without executing anything, and the HTML is copied to OUTDIR. ``--strict`` turns
+every Sphinx warning into an error (``-W -n --keep-going``).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRED = ["_config.yml", "_toc.yml", "book", "references.bib", "notebooks"]
+OPTIONAL = ["_static", "images"]
+IGNORE = shutil.ignore_patterns("*.py", "__pycache__", ".ipynb_checkpoints", "*.pyc")
+OUTPUT_TYPES = {"display_data", "execute_result", "stream"}
+
+
+def stage_source(stage: Path, executed: Path, allow_unexecuted: bool) -> list[Path]:
+    """Copy the book source into ``stage``; return the staged notebooks."""
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    for name in REQUIRED + OPTIONAL:
+        src = ROOT / name
+        if not src.exists():
+            if name in REQUIRED:
+                sys.exit(f"error: {src} is missing; it is part of the book source")
+            continue
+        if src.is_dir():
+            shutil.copytree(src, stage / name, ignore=IGNORE)
+        else:
+            shutil.copy2(src, stage / name)
+
+    staged = sorted((stage / "notebooks").glob("*.ipynb"))
+    missing = []
+    for nb in staged:
+        run = executed / nb.name
+        if run.exists():
+            shutil.copy2(run, nb)
+        else:
+            missing.append(nb.name)
+    if missing and not allow_unexecuted:
+        sys.exit(
+            f"error: no executed copy in {executed} of: {', '.join(missing)}.\n"
+            "Run scripts/run_notebooks.py first (make book / make test do)."
+        )
+
+    # The build must only render stored outputs, whatever _config.yml says.
+    config_path = stage / "_config.yml"
+    config = yaml.safe_load(config_path.read_text())
+    config.setdefault("execute", {})["execute_notebooks"] = "off"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return staged
+
+
+def has_outputs(nb_path: Path) -> bool:
+    nb = nbformat.read(nb_path, as_version=4)
+    return any(
+        out.get("output_type") in OUTPUT_TYPES
+        for cell in nb.cells if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+    )
+
+
+def check_html(html: Path, staged: list[Path]) -> None:
+    """Each notebook has a page, and a notebook with outputs shows them on it."""
+    problems = []
+    for nb in staged:
+        page = html / "notebooks" / (nb.stem + ".html")
+        if not page.exists():
+            problems.append(f"no page {page}")
+        elif has_outputs(nb) and "cell_output" not in page.read_text(encoding="utf-8"):
+            problems.append(f"{page} shows none of the outputs stored in {nb.name}")
+    if problems:
+        sys.exit("error: " + "\n       ".join(problems))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--executed", required=True, type=Path,
+                    help="folder of executed notebooks, e.g. _build/standard/notebooks")
+    ap.add_argument("--out", required=True, type=Path, help="where the HTML goes")
+    ap.add_argument("--strict", action="store_true", help="Sphinx warnings are errors")
+    ap.add_argument("--name", help="stage folder suffix (default: the run's folder name)")
+    ap.add_argument("--allow-unexecuted", action="store_true",
+                    help="render notebooks without an executed copy as they are")
+    args = ap.parse_args(argv)
+
+    executed = args.executed.resolve()
+    if not executed.is_dir():
+        sys.exit(f"error: {executed} does not exist; run scripts/run_notebooks.py first")
+    name = args.name or executed.parent.name
+    stage = ROOT / "_build" / f"stage-{name}"
+    staged = stage_source(stage, executed, args.allow_unexecuted)
+
+    jb = Path(sys.executable).parent / "jupyter-book"
+    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(stage),
+           "--builder", "html", "--all"]
+    if args.strict:
+        cmd += ["-W", "-n", "--keep-going"]
+    print("$ " + " ".join(cmd), flush=True)
+    rc = subprocess.run(cmd).returncode
+    if rc != 0:
+        print(f"error: jupyter-book build failed (exit {rc}); see the warnings above",
+              file=sys.stderr)
+        return rc
+
+    html = stage / "_build" / "html"
+    check_html(html, staged)
+    out = args.out.resolve()
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(html, out)
+    print(f"book: {out / 'index.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

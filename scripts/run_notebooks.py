@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""Execute the book's notebooks with papermill, one profile at a time.
+
+    python scripts/run_notebooks.py --profile smoke --out _build/smoke [--only NAME]
+
+For each ``notebooks/*.ipynb`` (sorted by name) this writes
+
+    DIR/notebooks/<name>.ipynb   the executed notebook, outputs included
+    DIR/results/<chapter>.json   written by the notebook itself (results_dir parameter)
+    DIR/timings.json             wall time of each notebook
+
+where ``<chapter>`` is the file stem without its ``NN_`` prefix. It stops at the first
+notebook that fails, naming it and the cell that raised. Run it with the virtualenv's
+Python: the kernel it starts is that interpreter.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+KERNEL = "python3"
+# Per-notebook wall-time budgets (seconds) from the profiles' definitions; exceeding
+# one is reported, not fatal, because CI machines differ in speed.
+BUDGET_PER_NOTEBOOK = {"smoke": 90.0}
+BUDGET_TOTAL = {"standard": 30 * 60.0}
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def chapter_name(path: Path) -> str:
+    """``01_generative_models.ipynb`` -> ``generative_models``."""
+    return re.sub(r"^\d+_", "", path.stem)
+
+
+def select_notebooks(only: str | None) -> list[Path]:
+    notebooks = sorted(NOTEBOOKS.glob("*.ipynb"))
+    if not notebooks:
+        sys.exit(f"error: no notebooks found in {NOTEBOOKS}")
+    if only is None:
+        return notebooks
+    key = Path(only).name.removesuffix(".ipynb")
+    chosen = [nb for nb in notebooks if key in (nb.stem, chapter_name(nb))]
+    if not chosen:
+        names = ", ".join(nb.stem for nb in notebooks)
+        sys.exit(f"error: --only {only!r} matches no notebook; choose one of: {names}")
+    return chosen
+
+
+def ensure_kernel() -> None:
+    """Make the ``python3`` kernel run this interpreter, not whatever Jupyter finds first.
+
+    Jupyter searches $JUPYTER_PATH before the user's and the system's kernel folders, so
+    putting this environment's share/jupyter first wins over a stray ``python3`` kernel
+    registered elsewhere. The spec is (re)installed there when missing or stale.
+    """
+    share = Path(sys.prefix) / "share" / "jupyter"
+    spec = share / "kernels" / KERNEL / "kernel.json"
+    current = None
+    if spec.exists():
+        current = json.loads(spec.read_text()).get("argv", [None])[0]
+    if current != sys.executable:
+        subprocess.run(
+            [sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", KERNEL],
+            check=True, stdout=subprocess.DEVNULL,
+        )
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(
+        p for p in (str(share), os.environ.get("JUPYTER_PATH", "")) if p
+    )
+
+
+def describe_failure(nb: Path, exc: Exception, output: Path) -> str:
+    """A short report naming the notebook, the failing cell and the error."""
+    lines = [f"FAILED: notebooks/{nb.name}"]
+    ename = getattr(exc, "ename", None)
+    if ename is not None:  # papermill.PapermillExecutionError
+        count = getattr(exc, "exec_count", None)
+        index = getattr(exc, "cell_index", None)
+        lines.append(f"  cell: {index} of the executed notebook (execution count {count})")
+        lines.append(f"  error: {ename}: {getattr(exc, 'evalue', '')}")
+        source = (getattr(exc, "source", "") or "").strip().splitlines()
+        if source:
+            lines.append("  cell source (first lines):")
+            lines += [f"    | {s}" for s in source[:12]]
+        tb = getattr(exc, "traceback", None) or []
+        if tb:
+            lines.append("  traceback:")
+            lines += ["    " + ANSI.sub("", t).replace("\n", "\n    ") for t in tb[-6:]]
+    else:
+        lines.append(f"  error: {type(exc).__name__}: {exc}")
+    lines.append(f"  executed notebook, up to the error: {output}")
+    return "\n".join(lines)
+
+
+def print_summary(profile: str, timings: dict) -> None:
+    rows = timings["notebooks"]
+    width = max([len(n) for n in rows] + [8])
+    budget = BUDGET_PER_NOTEBOOK.get(profile)
+    print(f"\nprofile {profile}: notebook wall times")
+    print(f"  {'notebook':<{width}}  {'seconds':>8}  status")
+    for name, row in rows.items():
+        note = row["status"]
+        if budget is not None and row["seconds"] > budget:
+            note += f" (over the {budget:.0f} s budget of profile {profile})"
+        print(f"  {name:<{width}}  {row['seconds']:8.1f}  {note}")
+    total = sum(r["seconds"] for r in rows.values())
+    note = ""
+    if profile in BUDGET_TOTAL and total > BUDGET_TOTAL[profile]:
+        note = f"  (over the {BUDGET_TOTAL[profile]:.0f} s budget of profile {profile})"
+    print(f"  {'total':<{width}}  {total:8.1f}{note}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", required=True, help="smoke, standard, paper or auto")
+    ap.add_argument("--out", required=True, type=Path, help="output folder, e.g. _build/smoke")
+    ap.add_argument("--only", help="run one notebook: file name, stem or chapter name")
+    ap.add_argument("--log-output", action="store_true",
+                    help="also stream cell outputs to this log")
+    ap.add_argument("--cell-timeout", type=int, default=None,
+                    help="seconds a single cell may run (default: no limit)")
+    args = ap.parse_args(argv)
+
+    import papermill as pm  # imported late so that --help works without it
+
+    notebooks = select_notebooks(args.only)
+    out = args.out.resolve()
+    results_dir = out / "results"
+    executed_dir = out / "notebooks"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    executed_dir.mkdir(parents=True, exist_ok=True)
+    ensure_kernel()
+    # Progress bars help a reader running a notebook, not a page of the book.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+    timings_path = out / "timings.json"
+    timings = {"profile": args.profile, "python": sys.executable, "notebooks": {}}
+    if args.only and timings_path.exists():  # keep the other notebooks' entries
+        previous = json.loads(timings_path.read_text())
+        if previous.get("profile") == args.profile:
+            timings["notebooks"] = previous.get("notebooks", {})
+
+    for nb in notebooks:
+        chapter = chapter_name(nb)
+        results_file = results_dir / f"{chapter}.json"
+        results_file.unlink(missing_ok=True)  # a stale file must not pass for a new one
+        output = executed_dir / nb.name
+        print(f"==> {nb.name} (profile {args.profile})", flush=True)
+        start = time.perf_counter()
+        try:
+            pm.execute_notebook(
+                str(nb), str(output),
+                # Relative to the notebook folder, so no machine path shows in the book.
+                parameters={"profile": args.profile,
+                            "results_dir": os.path.relpath(results_dir, NOTEBOOKS)},
+                kernel_name=KERNEL,
+                language="python",  # notebooks made by jupytext may carry no kernelspec
+                cwd=str(NOTEBOOKS),
+                progress_bar=False,
+                log_output=args.log_output,
+                execution_timeout=args.cell_timeout,
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure ends the run with a report
+            seconds = time.perf_counter() - start
+            timings["notebooks"][nb.stem] = {"seconds": round(seconds, 1), "status": "failed"}
+            timings_path.write_text(json.dumps(timings, indent=2) + "\n")
+            print_summary(args.profile, timings)
+            print("\n" + describe_failure(nb, exc, output), file=sys.stderr)
+            return 1
+        seconds = time.perf_counter() - start
+        status = "ok"
+        if not results_file.exists():
+            status = f"ok, but wrote no results/{chapter}.json"
+            print(f"warning: {nb.name} did not write {results_file}", file=sys.stderr)
+        timings["notebooks"][nb.stem] = {"seconds": round(seconds, 1), "status": status}
+        timings_path.write_text(json.dumps(timings, indent=2) + "\n")
+        print(f"    done in {seconds:.1f} s", flush=True)
+
+    print_summary(args.profile, timings)
+    print(f"\nexecuted notebooks: {executed_dir}\nresults: {results_dir}\ntimings: {timings_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The book's source is consistent: notebook pairs, table of contents, parameters, badges."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS_DIR = ROOT / "notebooks"
+
+PARAMETERS = {"profile", "seed", "dataset", "device", "data_dir", "results_dir", "cache_dir"}
+COLAB = re.compile(r"https://colab\.research\.google\.com/github/[^\s)\"'<>\]]+")
+
+
+def config() -> dict:
+    return yaml.safe_load((ROOT / "_config.yml").read_text())
+
+
+def toc_files(node) -> list[str]:
+    """Every ``file:`` entry of _toc.yml, at any depth, plus the root."""
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("file", "root") and isinstance(value, str):
+                found.append(value)
+            else:
+                found += toc_files(value)
+    elif isinstance(node, list):
+        for item in node:
+            found += toc_files(item)
+    return found
+
+
+def cells_signature(nb) -> list[tuple[str, str, tuple[str, ...]]]:
+    return [
+        (c.cell_type, c.source.strip(), tuple(sorted(c.metadata.get("tags", []))))
+        for c in nb.cells
+    ]
+
+
+def test_notebook_has_synced_py_twin(ipynb: Path):
+    py = ipynb.with_suffix(".py")
+    assert py.exists(), f"{ipynb.name} has no jupytext twin {py.name}: run `make sync`"
+    a = cells_signature(jupytext.read(ipynb))
+    b = cells_signature(jupytext.read(py))
+    if a != b:
+        first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        pytest.fail(
+            f"{ipynb.name} and {py.name} differ ({len(a)} vs {len(b)} cells, first "
+            f"difference at cell {first}): run `make sync` (the newer file wins)"
+        )
+
+
+def test_every_py_twin_has_a_notebook():
+    orphans = [p.name for p in NOTEBOOKS_DIR.glob("*.py")
+               if not p.with_suffix(".ipynb").exists()]
+    assert not orphans, f"{orphans} have no .ipynb: run `make sync` after pairing them"
+
+
+def test_committed_notebook_has_no_outputs(ipynb: Path):
+    nb = nbformat.read(ipynb, as_version=4)
+    dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
+             and (c.get("outputs") or c.get("execution_count") is not None)]
+    assert not dirty, (
+        f"{ipynb.name}: cells {dirty} keep outputs or execution counts; clear all outputs "
+        "before committing (the build executes the notebooks itself)"
+    )
+
+
+def test_toc_lists_exactly_the_notebooks():
+    listed = toc_files(yaml.safe_load((ROOT / "_toc.yml").read_text()))
+    for entry in listed:
+        matches = [p for p in (ROOT / Path(entry).parent).glob(Path(entry).name + ".*")
+                   if p.suffix in (".md", ".ipynb")]
+        assert matches, f"_toc.yml lists {entry!r}, but there is no {entry}.md or .ipynb"
+    in_toc = {e for e in listed if e.startswith("notebooks/")}
+    on_disk = {f"notebooks/{p.stem}" for p in NOTEBOOKS_DIR.glob("*.ipynb")}
+    assert on_disk - in_toc == set(), f"notebooks missing from _toc.yml: {sorted(on_disk - in_toc)}"
+    assert in_toc - on_disk == set(), f"_toc.yml entries with no notebook: {sorted(in_toc - on_disk)}"
+
+
+def test_parameters_cell(ipynb: Path):
+    nb = nbformat.read(ipynb, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{ipynb.name}: expected one cell tagged 'parameters', got {len(tagged)}"
+    assert tagged[0].cell_type == "code"
+    names = set()
+    for node in ast.parse(tagged[0].source).body:
+        if isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    missing = PARAMETERS - names
+    assert not missing, f"{ipynb.name}: the parameters cell does not define {sorted(missing)}"
+
+
+def test_colab_badge_matches_repository(ipynb: Path):
+    cfg = config()
+    m = re.match(r"https://github\.com/([^/]+)/([^/]+?)/?$", cfg["repository"]["url"])
+    assert m, f"_config.yml repository.url {cfg['repository']['url']!r} is not a GitHub URL"
+    branch = cfg["repository"].get("branch", "main")
+    rel = ipynb.relative_to(ROOT).as_posix()
+    expected = f"https://colab.research.google.com/github/{m[1]}/{m[2]}/blob/{branch}/{rel}"
+    nb = nbformat.read(ipynb, as_version=4)
+    first_md = next((c for c in nb.cells if c.cell_type == "markdown"), None)
+    assert first_md is not None, f"{ipynb.name} has no markdown cell"
+    urls = COLAB.findall(first_md.source)
+    assert urls, f"{ipynb.name}: the first markdown cell has no Colab badge linking {expected}"
+    wrong = [u for u in urls if u != expected]
+    assert not wrong, (
+        f"{ipynb.name}: Colab link {wrong[0]} should be {expected} "
+        "(`make set-repo-url URL=...` rewrites them all)"
+    )
+
+
+def test_config_is_jupyter_book_1_without_execution():
+    cfg = config()
+    assert cfg["execute"]["execute_notebooks"] == "off"
+    assert "sphinx_exercise" in cfg["sphinx"]["extra_extensions"]
+    assert cfg["bibtex_bibfiles"] == ["references.bib"]
+    assert (ROOT / "references.bib").exists()
