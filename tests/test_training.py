@@ -1,0 +1,191 @@
+"""Training loops, checkpoints and the one call that loads or trains-and-caches a model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from rmd_lib.data import sha256_file
+from rmd_lib.models import MnistClassifier, WGANCritic, WGANGenerator
+from rmd_lib.training import (load_checkpoint, model_config, pretrained_or_train, save_checkpoint,
+                              set_seed, train_classifier, train_vae, train_wgan_gp)
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def tiny_run(seed, data_seed=0):
+    g = torch.Generator().manual_seed(data_seed)
+    x, y = torch.rand(40, 1, 6, 6, generator=g), torch.randint(0, 3, (40,), generator=g)
+    set_seed(seed)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 3))
+    losses = train_classifier(net, x, y, epochs=3, batch_size=8, seed=seed, progress=False)
+    return net, losses
+
+
+def test_train_classifier_is_deterministic():
+    net_a, loss_a = tiny_run(seed=3)
+    net_b, loss_b = tiny_run(seed=3)
+    assert len(loss_a) == 3
+    assert loss_a == loss_b
+    assert same_weights(net_a, net_b)
+    net_c, loss_c = tiny_run(seed=4)
+    assert loss_c != loss_a and not same_weights(net_a, net_c)
+
+
+def test_train_classifier_fits_a_small_batch():
+    _, losses = tiny_run(seed=0)
+    assert losses[-1] < losses[0]
+
+
+def test_train_classifier_leaves_eval_mode():
+    net, _ = tiny_run(seed=0)
+    assert not net.training
+
+
+def test_train_vae_and_wgan_are_deterministic(tiny_mnist):
+    from rmd_lib.models import VAE
+
+    def vae_run():
+        set_seed(1)
+        vae = VAE(latent_dim=2, hidden=8)
+        return vae, train_vae(vae, tiny_mnist.x_train, epochs=2, batch_size=32, seed=1, progress=False)
+
+    (v1, h1), (v2, h2) = vae_run(), vae_run()
+    assert h1 == h2 and same_weights(v1, v2) and not v1.training
+
+    def gan_run():
+        set_seed(2)
+        G, D = WGANGenerator(latent_dim=4, width=2), WGANCritic(width=2)
+        hist = train_wgan_gp(G, D, tiny_mnist.x_train, iters=2, batch_size=8, n_critic=2, seed=2,
+                             progress=False)
+        return G, hist
+
+    (g1, k1), (g2, k2) = gan_run(), gan_run()
+    assert k1 == k2 and len(k1["critic"]) == 2 and same_weights(g1, g2)
+
+
+def test_pretrained_or_train_trains_then_reuses_the_cache(tiny_mnist, tiny_profile, tmp_path):
+    kw = dict(seed=0, device="cpu", cache_dir=tmp_path, progress=False, verbose=False)
+    first = pretrained_or_train("classifier", tiny_mnist, tiny_profile, **kw)
+    assert isinstance(first, MnistClassifier) and not first.training
+    assert first.provenance.startswith("trained now")
+    cached = list(tmp_path.glob("classifier-mnist-*.safetensors"))
+    assert len(cached) == 1 and cached[0].name in first.provenance
+
+    second = pretrained_or_train("classifier", tiny_mnist, tiny_profile, **kw)
+    assert "cache" in second.provenance and "trained" not in second.provenance
+    assert same_weights(first, second)
+    assert list(tmp_path.glob("*.part")) == []
+
+    # The training really moved the weights away from the seed's initialisation.
+    set_seed(0)
+    assert not same_weights(first, MnistClassifier())
+
+
+def test_cache_key_follows_the_configuration(tiny_mnist, tiny_profile, tmp_path):
+    kw = dict(device="cpu", cache_dir=tmp_path, progress=False, verbose=False)
+    a = pretrained_or_train("classifier", tiny_mnist, tiny_profile, seed=0, **kw)
+    b = pretrained_or_train("classifier", tiny_mnist, tiny_profile, seed=1, **kw)
+    assert b.provenance.startswith("trained now")
+    assert len(list(tmp_path.glob("*.safetensors"))) == 2
+    assert not same_weights(a, b)
+    cfg = model_config("classifier", tiny_mnist, tiny_profile, 0)
+    assert cfg != model_config("classifier", tiny_mnist, tiny_profile.with_(classifier_epochs=2), 0)
+
+
+def test_pretrained_or_train_generator(tiny_mnist, tiny_profile, tmp_path):
+    G = pretrained_or_train("gan", tiny_mnist, tiny_profile, device="cpu", cache_dir=tmp_path,
+                            progress=False, verbose=False)
+    assert isinstance(G, WGANGenerator) and G.width == tiny_profile.gan_width
+    x = G(G.sample_latent(2))
+    assert x.shape == (2, 1, 28, 28)
+
+
+def test_checkpoint_goes_through_the_same_call(tiny_mnist, tiny_profile, tmp_path):
+    set_seed(5)
+    src = MnistClassifier()
+    ckpt = save_checkpoint(src, tmp_path / "mine.safetensors")
+    kw = dict(device="cpu", cache_dir=tmp_path / "cache", progress=False, verbose=False)
+    net = pretrained_or_train("classifier", tiny_mnist, tiny_profile, checkpoint=ckpt, **kw)
+    assert net.provenance.startswith("checkpoint") and "mine.safetensors" in net.provenance
+    assert same_weights(net, src)
+    assert not (tmp_path / "cache").exists()  # nothing was trained or cached
+
+    # A URL checkpoint needs its SHA-256, and is fetched into the cache and checked.
+    with pytest.raises(ValueError, match="sha256"):
+        pretrained_or_train("classifier", tiny_mnist, tiny_profile, checkpoint=ckpt.as_uri(), **kw)
+    net2 = pretrained_or_train("classifier", tiny_mnist, tiny_profile, checkpoint=ckpt.as_uri(),
+                               sha256=sha256_file(ckpt), **kw)
+    assert same_weights(net2, src)
+    assert (tmp_path / "cache" / "downloads" / "mine.safetensors").exists()
+
+
+def test_unknown_model_kind(tiny_mnist, tiny_profile):
+    with pytest.raises(ValueError, match="'vae'"):
+        pretrained_or_train("resnet", tiny_mnist, tiny_profile, device="cpu")
+
+
+def test_safetensors_round_trip(tmp_path):
+    set_seed(0)
+    G = WGANGenerator(latent_dim=4, width=2)
+    path = save_checkpoint(G, tmp_path / "deep" / "G.safetensors", {"note": "test"})
+    assert path.exists() and not list(path.parent.glob("*.part"))
+    set_seed(1)
+    G2 = WGANGenerator(latent_dim=4, width=2)
+    assert not same_weights(G, G2)
+    assert load_checkpoint(G2, path) is G2
+    assert same_weights(G, G2)
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as fh:
+        assert '"note": "test"' in fh.metadata()["config"]
+
+
+def test_pt_state_dict_loads(tmp_path):
+    set_seed(0)
+    G = WGANGenerator(latent_dim=4, width=2)
+    torch.save(G.state_dict(), tmp_path / "G.pt")
+    G2 = load_checkpoint(WGANGenerator(latent_dim=4, width=2), tmp_path / "G.pt")
+    assert same_weights(G, G2)
+
+
+def test_mismatched_checkpoint_explains(tmp_path):
+    path = save_checkpoint(WGANGenerator(latent_dim=4, width=2), tmp_path / "G.safetensors")
+    with pytest.raises(ValueError, match="does not fit WGANGenerator") as err:
+        load_checkpoint(WGANGenerator(latent_dim=4, width=3), path)
+    assert "width" in str(err.value)
+    with pytest.raises(ValueError, match="does not fit MnistClassifier"):
+        load_checkpoint(MnistClassifier(), path)
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_checkpoint(MnistClassifier(), tmp_path / "nope.safetensors")
+
+
+class _Payload:
+    """Unpickling this runs code: it creates the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_pickled_code_is_refused(tmp_path):
+    marker = tmp_path / "code-ran"
+    bad = tmp_path / "evil.pt"
+    torch.save({"weight": _Payload(marker)}, bad)  # a real checkpoint file, with code inside
+    # The file really is dangerous: loading it the unsafe way runs the payload.
+    control = tmp_path / "control"
+    torch.save({"weight": _Payload(control)}, tmp_path / "control.pt")
+    torch.load(tmp_path / "control.pt", weights_only=False)
+    assert control.exists()
+    with pytest.raises(ValueError, match="weights_only=True"):
+        load_checkpoint(nn.Linear(2, 2), bad)
+    assert not marker.exists()
