@@ -229,9 +229,10 @@ for name in names:
 # %% [markdown]
 # ## What this chapter measured
 #
-# The claims are checked on every run. In `standard` and `paper`, INC must beat the
-# unprotected classifier by at least 30 accuracy points under transferred FGSM at
-# $\varepsilon = 0.3$; in `smoke`, with models trained for seconds, it must merely not lose.
+# The claims are checked on every run: INC must beat the unprotected classifier under
+# transferred FGSM at $\varepsilon = 0.3$ by at least the profile's margin (25 accuracy points
+# in `standard`, 30 in `paper`); in `smoke`, with models trained for seconds, it must merely
+# not lose. The margin actually reached is in the table above and in the results file.
 
 # %%
 def acc_at(name, attack, eps, model):

