@@ -155,13 +155,18 @@ def _project_chunk(G, x, z, steps, restarts, lr, optimizer, momentum, betas, dec
     rows_total = n * restarts
     best_z = z.clone()
     best_mse = torch.full((rows_total,), math.inf, device=z.device)
-    # The compact, "live" batch: only rows still optimised.
+    # The compact, "live" batch of rows still in memory. A row that is pruned or whose image
+    # has converged is frozen at once (``active`` False: no update, no scoring) and dropped
+    # from the batch at the next compaction; compacting only every few steps keeps the GPU
+    # from waiting on the host each step, and gives the same numbers as compacting each step.
     live = torch.arange(rows_total, device=z.device)
+    active = torch.ones(rows_total, dtype=torch.bool, device=z.device)
     z_live = z.clone()
     buf1 = torch.zeros_like(z_live)  # momentum, or Adam's first moment
     buf2 = torch.zeros_like(z_live)  # Adam's second moment
     prune_steps = {max(1, int(round(f * steps))): k for f, k in prune}
     history = torch.full((n, patience + 1), math.inf, device=z.device)  # best MSE per image
+    check_every = max(1, patience // 4)
     latent_steps = 0
     recorded = {}
     b1, b2 = betas
@@ -175,40 +180,40 @@ def _project_chunk(G, x, z, steps, restarts, lr, optimizer, momentum, betas, dec
             grad, = torch.autograd.grad(loss.sum(), z_req)
         latent_steps += live.numel()
         with torch.no_grad():
-            improved = loss < best_mse[live]
-            upd = live[improved]
-            best_mse[upd] = loss[improved]
-            best_z[upd] = z_live[improved]
+            cur = best_mse[live]
+            improved = (loss < cur) & active
+            best_mse[live] = torch.where(improved, loss, cur)
+            best_z[live] = torch.where(improved[:, None], z_live, best_z[live])
             if t in record_at:  # the best after t steps: scored before step t+1 moves z
                 recorded[t] = best_mse.view(n, restarts).clone()
             if optimizer == "sgd":
                 buf1.mul_(momentum).add_(grad)
-                z_live = z_live - step_lr * buf1
+                z_next = z_live - step_lr * buf1
             else:
                 buf1.mul_(b1).add_(grad, alpha=1 - b1)
                 buf2.mul_(b2).addcmul_(grad, grad, value=1 - b2)
                 m_hat = buf1 / (1 - b1 ** (t + 1))
                 v_hat = buf2 / (1 - b2 ** (t + 1))
-                z_live = z_live - step_lr * m_hat / (v_hat.sqrt() + 1e-8)
+                z_next = z_live - step_lr * m_hat / (v_hat.sqrt() + 1e-8)
+            z_live = torch.where(active[:, None], z_next, z_live)
 
-            keep = torch.ones_like(live, dtype=torch.bool)
             if t + 1 in prune_steps:
                 # Successive halving: each image keeps its best ceil(k * R) restarts.
                 k = max(1, math.ceil(prune_steps[t + 1] * restarts))
-                per_image = best_mse.view(n, restarts)
-                kth = per_image.sort(dim=1).values[:, k - 1]
-                keep &= best_mse[live] <= kth[live // restarts]
+                kth = best_mse.view(n, restarts).sort(dim=1).values[:, k - 1]
+                active &= best_mse[live] <= kth[live // restarts]
             if early_stop:
                 history = torch.roll(history, -1, dims=1)
                 history[:, -1] = best_mse.view(n, restarts).min(dim=1).values
                 if t >= patience:
                     old, new = history[:, 0], history[:, -1]
-                    done = (old - new) <= tol * new
-                    keep &= ~done[live // restarts]
-            if not bool(keep.all()):
-                live, z_live = live[keep], z_live[keep]
-                buf1, buf2 = buf1[keep], buf2[keep]
+                    active &= ~((old - new) <= tol * new)[live // restarts]
+            if (t + 1 in prune_steps or (t + 1) % check_every == 0) and not bool(active.all()):
+                keep = active
+                live, z_live, buf1, buf2 = live[keep], z_live[keep], buf1[keep], buf2[keep]
+                active = active[keep]
     # The last iterate of rows that ran to the end has not been scored yet.
+    live, z_live = live[active], z_live[active]
     if live.numel():
         with torch.no_grad():
             loss = _row_mse(G, z_live, x[live // restarts])
