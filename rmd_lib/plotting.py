@@ -36,7 +36,7 @@ def image_grid(rows: list[torch.Tensor], row_labels: list[str] | None = None,
                 s.set_visible(False)
             if j >= len(imgs):
                 continue
-            ax.imshow(imgs[j].detach().cpu().squeeze(0), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(imgs[j].detach().cpu().squeeze(0).numpy(), cmap="gray", vmin=0, vmax=1)
             if titles is not None:
                 ax.set_title(titles[i][j], fontsize=8)
         if row_labels is not None:

@@ -1,6 +1,7 @@
 """Training loops, checkpoints and the one call that loads or trains-and-caches a model."""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import pytest
@@ -181,10 +182,9 @@ def test_pickled_code_is_refused(tmp_path):
     marker = tmp_path / "code-ran"
     bad = tmp_path / "evil.pt"
     torch.save({"weight": _Payload(marker)}, bad)  # a real checkpoint file, with code inside
-    # The file really is dangerous: loading it the unsafe way runs the payload.
+    # The payload really is dangerous: plain unpickling runs it.
     control = tmp_path / "control"
-    torch.save({"weight": _Payload(control)}, tmp_path / "control.pt")
-    torch.load(tmp_path / "control.pt", weights_only=False)
+    pickle.loads(pickle.dumps(_Payload(control)))
     assert control.exists()
     with pytest.raises(ValueError, match="weights_only=True"):
         load_checkpoint(nn.Linear(2, 2), bad)
