@@ -128,14 +128,14 @@ def project(G: nn.Module, x: torch.Tensor, steps: int = 200, restarts: int = 10,
 
     chunk = n if batch_size is None else check_positive_int(batch_size, "batch_size")
     parts = []
-    bar = tqdm(total=n, desc="projection", disable=not progress, unit="img")
+    n_chunks = math.ceil(n / chunk)
+    bar = tqdm(total=n_chunks * steps, desc="projection", disable=not progress, unit="step")
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         rows = slice(start * restarts, stop * restarts)
         parts.append(_project_chunk(G, x[start:stop], z0[rows].to(device), steps, restarts,
                                     float(lr), optimizer, momentum, betas, decay_at, decay,
-                                    prune, early_stop, tol, patience, set(record_at)))
-        bar.update(stop - start)
+                                    prune, early_stop, tol, patience, set(record_at), bar))
     bar.close()
     z = torch.cat([p[0] for p in parts])
     restart_mse = torch.cat([p[1] for p in parts])
@@ -149,7 +149,7 @@ def project(G: nn.Module, x: torch.Tensor, steps: int = 200, restarts: int = 10,
 
 
 def _project_chunk(G, x, z, steps, restarts, lr, optimizer, momentum, betas, decay_at, decay,
-                   prune, early_stop, tol, patience, record_at):
+                   prune, early_stop, tol, patience, record_at, bar):
     """One chunk: best z per row (N*R, d), best MSE (N, R), latent steps, recorded history."""
     n, d = x.shape[0], z.shape[1]
     rows_total = n * restarts
@@ -172,7 +172,9 @@ def _project_chunk(G, x, z, steps, restarts, lr, optimizer, momentum, betas, dec
     b1, b2 = betas
     for t in range(steps):
         if live.numel() == 0:
+            bar.update(steps - t)  # every image of the chunk has converged
             break
+        bar.update(1)
         step_lr = lr * (decay if t >= decay_at * steps else 1.0)
         z_req = z_live.detach().requires_grad_(True)
         with torch.enable_grad():
