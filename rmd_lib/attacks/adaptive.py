@@ -39,12 +39,10 @@ class BPDA(nn.Module):
         self.samples = check_positive_int(samples, "samples")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        log_probs = []
-        for _ in range(self.samples):
-            x_hat = self.inc.project(x.detach()).x_hat
-            # Value G(z*), gradient of the identity: x + (G(z*) - x) with the difference detached.
-            x_st = x + (x_hat - x).detach()
-            log_probs.append(self.inc.classifier(x_st).log_softmax(dim=1))
-        if self.samples == 1:
-            return log_probs[0]
-        return torch.logsumexp(torch.stack(log_probs), dim=0) - math.log(self.samples)
+        # All EOT samples are one batched projection: x repeated, each copy with fresh restarts.
+        xs = x.repeat(self.samples, *[1] * (x.ndim - 1))
+        x_hat = self.inc.project(xs.detach()).x_hat
+        # Value G(z*), gradient of the identity: x + (G(z*) - x) with the difference detached.
+        log_probs = self.inc.classifier(xs + (x_hat - xs).detach()).log_softmax(dim=1)
+        log_probs = log_probs.view(self.samples, x.shape[0], -1)
+        return torch.logsumexp(log_probs, dim=0) - math.log(self.samples)

@@ -37,9 +37,8 @@ def cw_l2(model, x: torch.Tensor, y: torch.Tensor, eps: float = math.inf, *, nor
     """
     if norm != "l2":
         raise ValueError(f"cw_l2 is an L2 attack; norm must be 'l2', got {norm!r}.")
-    unbounded = isinstance(eps, float) and eps == math.inf
+    unbounded = eps == math.inf
     y, eps = _check(model, x, y, 0.0 if unbounded else eps, norm)
-    eps = math.inf if unbounded else eps
     steps = check_positive_int(steps, "steps")
     binary_steps = check_positive_int(binary_steps, "binary_steps")
     kappa = check_eps(kappa, "kappa")
@@ -69,12 +68,12 @@ def cw_l2(model, x: torch.Tensor, y: torch.Tensor, eps: float = math.inf, *, nor
                 hit = (logits.argmax(1) != y) & (margin <= -kappa + 1e-12)
                 better = hit & (l2 < best_l2)
                 best_l2 = torch.where(better, l2, best_l2)
-                best[better] = x_adv[better].detach()
+                best = torch.where(better.view(-1, *[1] * (x.ndim - 1)), x_adv, best)
                 success |= hit
         with torch.no_grad():
             hi = torch.where(success, torch.minimum(hi, c), hi)
             lo = torch.where(success, lo, torch.maximum(lo, c))
             c = torch.where(torch.isfinite(hi), (lo + hi) / 2, c * 10)
-    if math.isfinite(eps):
+    if not unbounded:
         best = (x + project_ball(best - x, eps, "l2")).clamp(0.0, 1.0)
     return best.detach()
