@@ -15,8 +15,9 @@ PY := $(VENV)/bin/python
 # Profile of `make book`; `make book PROFILE=paper` on a GPU machine.
 PROFILE ?= standard
 SMOKE := _build/smoke
-# The install is redone when pyproject.toml's content changes.
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
+# The install is redone when pyproject.toml's or this file's content changes (the latter
+# pins torchattacks, installed apart from pyproject's extras).
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile 2>/dev/null | cksum | cut -d' ' -f1)
 
 .PHONY: help venv book test sync clean distclean set-repo-url
 
@@ -34,6 +35,9 @@ $(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip  # editable installs need pip >= 21.3
 	$(PY) -m pip install -e '.[book,test]'
+	@# torchattacks: test-only (tests/test_torchattacks_crosscheck.py). --no-deps, because its
+	@# pinned requests~=2.25.1 would downgrade the requests that the book toolchain needs.
+	$(PY) -m pip install --no-deps torchattacks==3.5.1
 	@$(MAKE) --no-print-directory system-data
 	@# An editable install made before rmd_lib/__init__.py existed cannot import it;
 	@# leave the stamp unwritten so that the next run installs again. (-I: so that the
@@ -63,7 +67,7 @@ book: venv
 	$(PY) scripts/build_book.py --executed _build/$(PROFILE)/notebooks --out _build/html
 
 test: venv
-	$(PY) -m pytest tests --ignore=tests/test_results.py
+	RMD_REQUIRE_TORCHATTACKS=1 $(PY) -m pytest tests --ignore=tests/test_results.py
 	rm -rf $(SMOKE)
 	$(PY) scripts/run_notebooks.py --profile smoke --out $(SMOKE)
 	RMD_REQUIRE_RESULTS=1 RMD_RESULTS_DIR=$(SMOKE)/results RMD_EXPECT_PROFILE=smoke \

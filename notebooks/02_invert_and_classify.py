@@ -70,18 +70,16 @@ import torch
 from IPython.display import Markdown, display
 
 from rmd_lib.attacks import bim, fgsm
-from rmd_lib.data import dataset_names, load_dataset
+from rmd_lib.data import dataset_names
 from rmd_lib.evaluation import accuracy, attack_table, confidence, markdown_table, start_run
+from rmd_lib.experiment import prepare
 from rmd_lib.plotting import image_grid, set_style
 from rmd_lib.projection import DEFENSE_GAN, EXHAUSTIVE, InvertAndClassify, project
-from rmd_lib.training import pretrained_or_train
 
 set_style()
 run = start_run("invert_and_classify", profile, seed, device, results_dir)
 P, dev = run.profile, run.device
 names = dataset_names(dataset)
-if generator not in ("vae", "gan"):
-    raise ValueError(f"generator must be 'vae' or 'gan', got {generator!r}.")
 EPS = [0.0, 0.1, 0.2, 0.3]
 
 # %% [markdown]
@@ -92,19 +90,10 @@ EPS = [0.0, 0.1, 0.2, 0.3]
 # VAE; the second exercise below asks what changes with the WGAN-GP.
 
 # %%
-data, clf, gens = {}, {}, {}
-for name in names:
-    with run.timer(f"data_{name}"):
-        data[name] = load_dataset(name, data_dir, n_train=P.n_train, n_test=P.n_test)
-    run.record_data(data[name])
-    with run.timer(f"train_{name}"):
-        clf[name] = pretrained_or_train("classifier", data[name], P, seed=seed, device=dev,
-                                        cache_dir=cache_dir)
-        model = pretrained_or_train(generator, data[name], P, seed=seed, device=dev,
-                                    cache_dir=cache_dir)
-    gens[name] = model.decoder if generator == "vae" else model
-    run.record_model(f"classifier_{name}", clf[name])
-    run.record_model(f"{generator}_{name}", model)
+setups = prepare(run, names, generator=generator, data_dir=data_dir, cache_dir=cache_dir)
+data = {name: s.data for name, s in setups.items()}
+clf = {name: s.classifier for name, s in setups.items()}
+gens = {name: s.G for name, s in setups.items()}
 
 # %% [markdown]
 # ## How many steps, how many restarts?

@@ -39,6 +39,34 @@ class Profile:
     sweep_restarts: tuple[int, ...] = (1, 4, 10)
     n_sweep: int = 100
     batch_size: int = 128
+    # Attack chapters. White-box and adaptive attacks run on the first n_adaptive test images.
+    n_adaptive: int = 200
+    # Carlini-Wagner: Adam steps per constant, binary-search rounds, confidences kappa
+    cw_steps: int = 100
+    cw_binary_steps: int = 5
+    cw_kappas: tuple[float, ...] = (0.0, 5.0, 20.0)
+    # the unrolled attack: how many projection steps are differentiated through
+    unroll_steps: tuple[int, ...] = (10, 50, 200)
+    unroll_restarts: int = 2
+    # adaptive attacks: PGD steps through BPDA, EOT samples, and the (steps, restarts) of the
+    # cheaper projection the attacker runs inside each step; latent-space attack steps
+    adaptive_steps: int = 20
+    eot_samples: int = 4
+    attack_proj: tuple[int, int] = (50, 4)
+    latent_steps: int = 100
+    # black-box chapter: test images the transfer tables use
+    n_transfer: int = 500
+    # substitute models: seed images, augmentation rounds, epochs per round, query budget
+    sub_seed: int = 150
+    sub_rounds: int = 5
+    sub_epochs: int = 10
+    sub_budget: int = 6000
+    # autoencoder substitute: projected training images, encoder epochs
+    enc_train: int = 2000
+    enc_epochs: int = 30
+    # the least drop, in accuracy points, from INC's first-order (transfer) accuracy to its
+    # accuracy under adaptive attacks at the largest L-inf budget (checked outside smoke)
+    adaptive_drop: float = 0.10
     # tolerance used by the notebooks' headline assertions, in accuracy points
     claim_margin: float = 0.30
     extra: dict = field(default_factory=dict)
@@ -58,6 +86,10 @@ PROFILES: dict[str, Profile] = {
         classifier_epochs=3, vae_epochs=20, gan_iters=40, gan_width=16,
         proj_steps=40, proj_restarts=2, n_attack=48, bim_steps=5,
         sweep_steps=(5, 20, 40), sweep_restarts=(1, 2), n_sweep=24,
+        n_adaptive=24, cw_steps=20, cw_binary_steps=2, cw_kappas=(0.0, 5.0),
+        unroll_steps=(2, 5), unroll_restarts=1, adaptive_steps=3, eot_samples=2,
+        attack_proj=(10, 1), latent_steps=10, sub_seed=30, sub_rounds=2, sub_epochs=3,
+        sub_budget=200, enc_train=200, enc_epochs=3, n_transfer=24,
         claim_margin=0.0,
     ),
     # CPU book build: real numbers; the whole book within 30 min on 2 cores.
@@ -76,7 +108,12 @@ PROFILES: dict[str, Profile] = {
         classifier_epochs=20, vae_epochs=200, gan_iters=20000, gan_width=64,
         proj_steps=2000, proj_restarts=10, n_attack=2000, bim_steps=40,
         sweep_steps=(10, 50, 200, 500, 1000, 2000, 4000), sweep_restarts=(1, 2, 5, 10, 20),
-        n_sweep=500, batch_size=256, claim_margin=0.30,
+        n_sweep=500, batch_size=256,
+        n_adaptive=1000, cw_steps=1000, cw_binary_steps=9, cw_kappas=(0.0, 5.0, 10.0, 20.0, 40.0),
+        unroll_steps=(10, 50, 200, 1000), unroll_restarts=4, adaptive_steps=100,
+        eot_samples=10, attack_proj=(200, 10), latent_steps=500, sub_seed=150, sub_rounds=6,
+        sub_epochs=10, sub_budget=10000, enc_train=20000, enc_epochs=50, n_transfer=2000,
+        claim_margin=0.30,
     ),
 }
 

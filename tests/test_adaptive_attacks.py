@@ -95,3 +95,119 @@ def test_pgd_through_bpda_raises_the_defended_loss(inc, tiny_batch):
 def test_bpda_wraps_only_invert_and_classify(tiny_net):
     with pytest.raises(TypeError, match="InvertAndClassify"):
         BPDA(tiny_net)
+
+
+# ----------------------------------------------------------------------------------------
+# The unrolled projection and the latent-space attack
+# ----------------------------------------------------------------------------------------
+from rmd_lib.attacks import UnrolledINC, fgsm, latent_space_attack, unrolled_project  # noqa: E402
+
+
+def test_unrolled_projection_fits_the_range_and_is_differentiable(tiny_generator, tiny_batch):
+    G = tiny_generator
+    z = torch.randn(8, G.latent_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        x = G(z)
+    x_hat = unrolled_project(G, x, steps=150, restarts=2, seed=0)
+    assert x_hat.shape == x.shape
+    assert (x_hat - x).pow(2).mean() < 0.2 * (G(torch.zeros_like(z)) - x).pow(2).mean()
+    # Same seed, same function: two calls agree exactly.
+    assert torch.equal(x_hat, unrolled_project(G, x, steps=150, restarts=2, seed=0))
+    # The gradient through the unrolled loop matches a finite difference of the same map.
+    x0 = tiny_batch[0][:2].double()
+    Gd = tiny_generator.double()
+    f = lambda v: unrolled_project(Gd, v, steps=5, restarts=1, lr=0.05, seed=0).sum()  # noqa: E731
+    x_req = x0.clone().requires_grad_(True)
+    with torch.enable_grad():
+        grad, = torch.autograd.grad(f(x_req), x_req)
+    direction = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2), dtype=x0.dtype)
+    h = 1e-5
+    numeric = (f(x0 + h * direction) - f(x0 - h * direction)) / (2 * h)
+    assert abs(numeric - (grad * direction).sum()) < 1e-5 * max(1.0, abs(numeric))
+    assert grad.abs().sum() > 0
+
+
+def test_unrolled_inc_is_a_model_that_gradient_attacks_run_on(tiny_generator, tiny_batch):
+    from conftest import make_tiny_net
+    x, y = tiny_batch
+    model = UnrolledINC(tiny_generator, make_tiny_net(), steps=10, restarts=2)
+    x_adv = fgsm(model, x, y, 0.1)
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-6 and not torch.equal(x_adv, x)
+    with torch.no_grad():  # evaluation keeps no graph but gives the same logits
+        assert torch.allclose(model(x), model(x.clone().requires_grad_(True)).detach(), atol=1e-6)
+    with pytest.raises(ValueError, match="lr"):
+        UnrolledINC(tiny_generator, make_tiny_net(), steps=10, lr=-1)
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.2), ("l2", 1.0)])
+def test_latent_attack_stays_in_budget_and_fools_inc_more_than_noise(inc, tiny_batch, norm, eps):
+    x, y = tiny_batch
+    inc.reset()
+    with torch.no_grad():
+        y = inc(x).argmax(1)  # labels INC gets right, so that any flip is the attack's doing
+    x_adv = latent_space_attack(inc, x, y, eps, norm=norm, steps=100, lr=0.1)
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+    assert (size <= eps + 1e-5).all() and x_adv.min() >= 0 and x_adv.max() <= 1
+    inc.reset()
+    with torch.no_grad():
+        fooled = (inc(x_adv).argmax(1) != y).float().mean()
+    assert fooled >= 0.5
+
+
+def test_latent_attack_needs_the_defense_itself(tiny_net, tiny_batch):
+    x, y = tiny_batch
+    with pytest.raises(TypeError, match="InvertAndClassify"):
+        latent_space_attack(tiny_net, x, y, 0.1)
+
+
+class AffineGenerator(torch.nn.Module):
+    """G(z) = W z + b: its projection is least squares, so dG(z*)/dx is known exactly."""
+
+    def __init__(self, latent_dim=3, shape=(1, 4, 4), seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.latent_dim, self.shape = latent_dim, shape
+        self.register_buffer("W", 0.3 * torch.randn(math.prod(shape), latent_dim, generator=g))
+        self.register_buffer("b", 0.5 + 0.05 * torch.randn(math.prod(shape), generator=g))
+
+    def forward(self, z):
+        return (z @ self.W.T + self.b).view(-1, *self.shape)
+
+    def sample_latent(self, n, generator=None, device=None):
+        return torch.randn(n, self.latent_dim, generator=generator, device=device)
+
+
+def test_tangent_bpda_gradient_is_that_of_the_exact_projection():
+    from conftest import make_tiny_net
+    G = AffineGenerator()
+    clf = make_tiny_net(image_shape=(1, 4, 4))
+    inc = InvertAndClassify(G, clf, seed=0, steps=400, restarts=1, lr=0.05, early_stop=False)
+    x = 0.5 + 0.1 * torch.randn(5, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2, 0, 1])
+    # Exact: INC(x) = C(P (x - b) + b) with P = W (W^T W)^-1 W^T.
+    W, b = G.W, G.b
+    P = W @ torch.linalg.solve(W.T @ W, W.T)
+
+    def exact(v):
+        return clf(((v.flatten(1) - b) @ P.T + b).view_as(v))
+
+    g_exact = input_gradient(exact, x, y)
+    g_tangent = input_gradient(BPDA(inc, backward="tangent", damping=0.0), x, y)
+    g_identity = input_gradient(BPDA(inc), x, y)
+    assert torch.allclose(g_tangent, g_exact, atol=1e-4)
+    assert not torch.allclose(g_identity, g_exact, atol=1e-3)
+
+
+def test_generator_jacobian_matches_autograd(tiny_generator):
+    from rmd_lib.attacks import generator_jacobian
+    z = torch.randn(3, tiny_generator.latent_dim, generator=torch.Generator().manual_seed(0))
+    J = generator_jacobian(tiny_generator, z)
+    ref = torch.autograd.functional.jacobian(lambda v: tiny_generator(v[None]).flatten(), z[1])
+    assert J.shape == (3, 36, tiny_generator.latent_dim)
+    assert torch.allclose(J[1], ref, atol=1e-6)
+
+
+def test_bpda_rejects_an_unknown_backward(inc):
+    with pytest.raises(ValueError, match="backward must be one of"):
+        BPDA(inc, backward="exact")

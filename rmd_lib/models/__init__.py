@@ -1,6 +1,7 @@
 """Classifiers and generators; every generator maps z (B, latent_dim) to images in [0, 1]."""
 from .classifier import MnistClassifier
 from .gan import WGANCritic, WGANGenerator
+from .substitute import Encoder, SubstituteNet
 from .vae import VAE, VAEDecoder
 
-__all__ = ["MnistClassifier", "VAE", "VAEDecoder", "WGANGenerator", "WGANCritic"]
+__all__ = ["MnistClassifier", "VAE", "VAEDecoder", "WGANGenerator", "WGANCritic", "SubstituteNet", "Encoder"]

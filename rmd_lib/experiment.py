@@ -1,0 +1,67 @@
+"""What every chapter after the first starts from: per dataset, the data, the classifier
+and the generator, loaded or trained once through the cache and recorded in the run."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .data import Dataset, load_dataset
+from .evaluation import Run
+from .projection import InvertAndClassify
+from .training import pretrained_or_train
+
+__all__ = ["Setup", "prepare", "GENERATORS"]
+
+GENERATORS = ("vae", "gan")
+
+
+@dataclass
+class Setup:
+    """One dataset's experiment: ``data``, the ``classifier``, the trained generative
+    ``model`` (a VAE or a GAN) and ``G``, the generator INC projects onto."""
+
+    name: str
+    data: Dataset
+    classifier: nn.Module
+    model: nn.Module
+    G: nn.Module
+
+    def inc(self, profile, seed: int = 0, **projection) -> InvertAndClassify:
+        """The defense with the profile's projection budget (keywords override it)."""
+        settings = {"steps": profile.proj_steps, "restarts": profile.proj_restarts, **projection}
+        return InvertAndClassify(self.G, self.classifier, seed=seed, **settings)
+
+    def test_images(self, n: int, device, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Test images ``offset`` to ``offset + n`` and their labels, on ``device``."""
+        x, y = self.data.x_test[offset:offset + n], self.data.y_test[offset:offset + n]
+        if len(x) < n:
+            raise ValueError(f"{self.name} has {len(self.data.x_test)} test images; images "
+                             f"{offset} to {offset + n} were asked for. Lower the count or "
+                             "raise the profile's n_test.")
+        return x.to(device), y.to(device)
+
+
+def prepare(run: Run, names, *, generator: str = "vae", data_dir=None,
+            cache_dir=None) -> dict[str, Setup]:
+    """Load each dataset of ``names`` with the run's profile sizes, get its classifier and
+    ``generator`` (``"vae"`` or ``"gan"``) from the cache or by training, and record the
+    sources and models in ``run``."""
+    if generator not in GENERATORS:
+        raise ValueError(f"generator must be one of {GENERATORS}, got {generator!r}.")
+    P, dev, setups = run.profile, run.device, {}
+    for name in names:
+        with run.timer(f"data_{name}"):
+            data = load_dataset(name, data_dir, n_train=P.n_train, n_test=P.n_test)
+        run.record_data(data)
+        with run.timer(f"train_{name}"):
+            clf = pretrained_or_train("classifier", data, P, seed=run.seed, device=dev,
+                                      cache_dir=cache_dir)
+            model = pretrained_or_train(generator, data, P, seed=run.seed, device=dev,
+                                        cache_dir=cache_dir)
+        run.record_model(f"classifier_{name}", clf)
+        run.record_model(f"{generator}_{name}", model)
+        G = model.decoder if generator == "vae" else model
+        setups[name] = Setup(name, data, clf, model, G)
+    return setups

@@ -1,0 +1,114 @@
+"""Substitute-model attacks (Papernot et al. 2017) and the autoencoder substitute for INC."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from rmd_lib.attacks import (EncoderSubstitute, fgsm, jacobian_augment, train_encoder,
+                             train_substitute)
+from rmd_lib.evaluation import accuracy
+from rmd_lib.projection import project
+
+from conftest import TINY_SHAPE
+
+
+class CountingOracle(nn.Module):
+    """A label-only black box that counts how many images it was asked about."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.asked = net, 0
+
+    def forward(self, x):
+        self.asked += len(x)
+        return self.net(x)
+
+
+def _images(n, seed):
+    return torch.rand(n, *TINY_SHAPE, generator=torch.Generator().manual_seed(seed))
+
+
+def _small_substitute():
+    return nn.Sequential(nn.Flatten(), nn.Linear(36, 32), nn.Tanh(), nn.Linear(32, 3))
+
+
+def test_jacobian_augmentation_steps_along_the_sign_of_the_labelled_logit(tiny_net, tiny_batch):
+    x, _ = tiny_batch
+    labels = tiny_net(x).argmax(1)
+    x_new = jacobian_augment(tiny_net, x * 0.5 + 0.25, labels, 0.1)
+    step = x_new - (x * 0.5 + 0.25)
+    assert torch.allclose(step.abs(), torch.full_like(step, 0.1), atol=1e-6)
+    # The step raises the logit of the oracle's label (first order).
+    with torch.no_grad():
+        before = tiny_net(x * 0.5 + 0.25).gather(1, labels[:, None])
+        after = tiny_net(x_new).gather(1, labels[:, None])
+    assert (after > before).all()
+
+
+def test_substitute_learns_the_oracle_and_counts_its_queries(make_net):
+    oracle = CountingOracle(make_net(seed=1))
+    x_seed = _images(60, 0)
+    sub = train_substitute(oracle, x_seed, rounds=3, lam=0.1, epochs=30,
+                           net=_small_substitute(), seed=0)
+    assert sub.sizes == [60, 120, 240]
+    assert sub.queries == oracle.asked == 240 == len(sub.x) == len(sub.y)
+    # Agreement with the oracle on fresh images beats always answering its commonest label.
+    x_new = _images(300, 9)
+    with torch.no_grad():
+        truth = oracle.net(x_new).argmax(1)
+    agree = accuracy(sub.net, x_new, truth)
+    majority = truth.bincount().max().item() / len(truth)
+    assert agree > majority + 0.1
+
+
+def test_substitute_respects_the_query_budget_and_labels_extra_images(make_net):
+    oracle = CountingOracle(make_net(seed=1))
+    sub = train_substitute(oracle, _images(20, 0), rounds=4, epochs=2, query_budget=70,
+                           x_extra=_images(10, 5), net=_small_substitute(), seed=0)
+    assert sub.queries == oracle.asked == 70
+    assert sub.sizes[0] == 30
+    with pytest.raises(ValueError, match="query_budget"):
+        train_substitute(oracle, _images(20, 0), query_budget=10, net=_small_substitute())
+    with pytest.raises(ValueError, match="x_extra"):
+        train_substitute(oracle, _images(20, 0), x_extra=torch.rand(3, 1, 5, 5),
+                         net=_small_substitute())
+
+
+def test_substitute_training_is_deterministic(make_net):
+    runs = [train_substitute(make_net(seed=1), _images(30, 0), rounds=2, epochs=3,
+                             net=_seeded_net(), seed=4) for _ in range(2)]
+    x = _images(16, 3)
+    assert torch.equal(runs[0].net(x), runs[1].net(x))
+
+
+def _seeded_net():
+    torch.manual_seed(11)
+    return _small_substitute()
+
+
+def test_encoder_substitute_approximates_the_projection(tiny_generator, tiny_net):
+    G = tiny_generator
+    z_true = torch.randn(200, G.latent_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x = G(z_true)
+    z_star = project(G, x, steps=100, restarts=2, seed=0).z
+    enc = nn.Sequential(nn.Flatten(), nn.Linear(36, 64), nn.Tanh(), nn.Linear(64, G.latent_dim))
+    before = ((G(enc(x)) - G(z_star)) ** 2).mean().item()
+    enc = train_encoder(G, x, z_star, epochs=60, encoder=enc, batch_size=50, seed=0)
+    sub = EncoderSubstitute(enc, G, tiny_net)
+    with torch.no_grad():
+        after = ((sub.reconstruct(x) - G(z_star)) ** 2).mean().item()
+    assert after < 0.2 * before
+    # G is left as it was: trainable again, and not moved.
+    assert all(p.requires_grad for p in G.parameters()) or not list(G.parameters())
+    # The substitute is differentiable end to end, so gradient attacks run on it.
+    y = tiny_net(x).argmax(1)
+    x_adv = fgsm(sub, x, y, 0.2)
+    assert (x_adv - x).abs().max() <= 0.2 + 1e-6 and not torch.equal(x_adv, x)
+
+
+def test_train_encoder_rejects_latents_of_the_wrong_shape(tiny_generator):
+    x = _images(10, 0)
+    with pytest.raises(ValueError, match="z_star must have shape"):
+        train_encoder(tiny_generator, x, torch.zeros(10, 7), epochs=1)
