@@ -40,8 +40,9 @@
 # Every attack here is crafted on the classifier alone and then *transferred* to INC: the
 # attacker ignores the projection. That is the threat model of the paper's first-order
 # experiments. Attacks that account for the projection (BPDA, EOT, latent-space attacks
-# {cite:p}`athalye2018obfuscated`) are far stronger; they belong to a later chapter. Read the
-# robust accuracies below as an upper bound on INC's robustness, not as its robustness.
+# {cite:p}`athalye2018obfuscated`) are stronger; they are the subject of
+# {doc}`03_white_box_attacks` and {doc}`05_adaptive_attacks`. Read the robust accuracies
+# below as an upper bound on INC's robustness, not as its robustness.
 # ```
 
 # %%

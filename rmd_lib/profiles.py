@@ -43,7 +43,7 @@ class Profile:
     n_adaptive: int = 200
     # Carlini-Wagner: Adam steps per constant, binary-search rounds, confidences kappa
     cw_steps: int = 100
-    cw_binary_steps: int = 5
+    cw_binary_steps: int = 4
     cw_kappas: tuple[float, ...] = (0.0, 5.0, 20.0)
     # the unrolled attack: how many projection steps are differentiated through
     unroll_steps: tuple[int, ...] = (10, 50, 200)
@@ -55,18 +55,21 @@ class Profile:
     attack_proj: tuple[int, int] = (50, 4)
     latent_steps: int = 100
     # black-box chapter: test images the transfer tables use
-    n_transfer: int = 500
+    n_transfer: int = 300
     # substitute models: seed images, augmentation rounds, epochs per round, query budget
     sub_seed: int = 150
     sub_rounds: int = 5
-    sub_epochs: int = 10
-    sub_budget: int = 6000
+    sub_epochs: int = 6
+    sub_budget: int = 4000
     # autoencoder substitute: projected training images, encoder epochs
     enc_train: int = 2000
-    enc_epochs: int = 30
+    enc_epochs: int = 20
     # the least drop, in accuracy points, from INC's first-order (transfer) accuracy to its
-    # accuracy under adaptive attacks at the largest L-inf budget (checked outside smoke)
-    adaptive_drop: float = 0.10
+    # accuracy under adaptive attacks at the largest budget of each norm (checked outside
+    # smoke). Measured in standard over 200 images: L-inf 0.3, 19.5 (MNIST) and 28.5 points
+    # (Fashion-MNIST); L2 3.0, 44.5 and 47.0 points.
+    adaptive_drop_linf: float = 0.15
+    adaptive_drop_l2: float = 0.30
     # tolerance used by the notebooks' headline assertions, in accuracy points
     claim_margin: float = 0.30
     extra: dict = field(default_factory=dict)
@@ -98,6 +101,7 @@ PROFILES: dict[str, Profile] = {
         classifier_epochs=4, vae_epochs=100, gan_iters=1200, gan_width=32,
         proj_steps=200, proj_restarts=10, n_attack=1000, bim_steps=20,
         sweep_steps=(10, 25, 50, 100, 200, 400), sweep_restarts=(1, 2, 5, 10), n_sweep=100,
+        eot_samples=2,
         # Measured on 2 CPU cores: 30.1 points (MNIST) and 33.3 (Fashion-MNIST) over 1,000
         # test images; 25 leaves room for another CPU's arithmetic and one standard error.
         claim_margin=0.25,

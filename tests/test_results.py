@@ -90,9 +90,70 @@ def check_invert_and_classify(res: dict) -> None:
                 assert curves[r_big][t] <= curves[r_small][t] + 1e-12, (name, t, r_small, r_big)
 
 
+def _accuracies(rows, columns):
+    for r in rows:
+        for c in columns:
+            assert 0.0 <= r[c] <= 1.0, f"{c} = {r[c]} is not an accuracy (row {r})"
+
+
+def check_white_box_attacks(res: dict) -> None:
+    tables = res["tables"]
+    assert tables["cw_tables"], "no CW tables"
+    for name, rows in tables["cw_tables"].items():
+        kappas = [r["kappa"] for r in rows]
+        assert kappas == sorted(kappas) and kappas[0] == 0.0, kappas
+        _accuracies(rows, ("classifier", "INC", "found"))
+        assert all(r["median L2"] >= 0 for r in rows)
+        for key in ("cw_kappa0_classifier", "cw_kappa0_inc", "cw_kappa_max_inc"):
+            assert f"{name}_{key}" in res["headline"], key
+    for name, rows in tables["unrolled_tables"].items():
+        ks = [r["k"] for r in rows]
+        assert ks == sorted(ks) and len(ks) >= 2, ks
+        _accuracies(rows, ("unrolled model", "INC"))
+        assert all(r["seconds per gradient"] > 0 for r in rows)
+        assert all(res["headline"][f"{name}_unrolled_{k}_inc"] == r["INC"] for k, r in zip(ks, rows))
+
+
+def check_substitute_attacks(res: dict) -> None:
+    tables, head = res["tables"], res["tables"]["transfer"]
+    assert head, "no transfer tables"
+    for name, by_source in tables["transfer"].items():
+        assert set(by_source) == {"plain", "with adversarial inputs", "autoencoder"}, set(by_source)
+        for rows in by_source.values():
+            _accuracies(rows, ("substitute", "classifier", "INC"))
+            assert {r["attack"] for r in rows} == {"FGSM", "BIM"}
+        _accuracies(tables["baseline"][name], ("classifier", "INC"))
+    for row in tables["substitutes"]:
+        sizes = [int(v) for v in row["training set by round"].split(", ")]
+        assert sizes == sorted(sizes) and sizes[-1] <= row["oracle queries"], row
+        _accuracies([row], ("accuracy", "agreement with INC"))
+    for row in tables["autoencoder"]:
+        assert 0 < row["per-pixel MSE, G(E(x)) vs INC's projection"] < 1, row
+
+
+def check_adaptive_attacks(res: dict) -> None:
+    tables = res["tables"]["robust_accuracy"]
+    attacks = ("FGSM (transfer)", "PGD (transfer)", "BPDA", "BPDA+EOT", "tangent BPDA+EOT",
+               "latent")
+    for name, by_norm in tables.items():
+        assert set(by_norm) == {"linf", "l2"}, set(by_norm)
+        for norm, rows in by_norm.items():
+            eps = [r["eps"] for r in rows]
+            assert eps == sorted(eps) and eps[0] > 0, eps
+            _accuracies(rows, attacks + ("worst case",))
+            for r in rows:  # an image robust to all attacks is robust to each one
+                assert r["worst case"] <= min(r[a] for a in attacks) + 1e-12, r
+    for row in res["tables"]["summary"]:
+        assert abs(row["drop"] - (row["first-order"] - row["adaptive"])) < 1e-9, row
+        assert row["worst case, all attacks"] <= row["adaptive"] + 1e-12, row
+
+
 CHAPTER_CHECKS: dict[str, Callable[[dict], None]] = {
     "generative_models": check_generative_models,
     "invert_and_classify": check_invert_and_classify,
+    "white_box_attacks": check_white_box_attacks,
+    "substitute_attacks": check_substitute_attacks,
+    "adaptive_attacks": check_adaptive_attacks,
 }
 
 

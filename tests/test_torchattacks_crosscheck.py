@@ -95,24 +95,16 @@ def test_fgsm_matches_torchattacks_fgsm(eps, net_and_batch):
 
 
 # Without a random start, so that both attacks are deterministic and start at x.
-@pytest.mark.parametrize("eps, alpha, steps", [(0.05, 0.01, 10), (0.1, 0.01, 20)])
-def test_pgd_linf_matches_torchattacks_pgd(eps, alpha, steps, net_and_batch):
+@pytest.mark.parametrize("norm, eps, alpha, steps", [
+    ("linf", 0.05, 0.01, 10), ("linf", 0.1, 0.01, 20), ("l2", 1.0, 0.1, 20), ("l2", 1.5, 0.2, 20)])
+def test_pgd_matches_torchattacks_pgd_and_pgdl2(norm, eps, alpha, steps, net_and_batch):
     net, x, y = net_and_batch
+    theirs = torchattacks.PGD if norm == "linf" else torchattacks.PGDL2
     compare(net, x, y,
-            lambda x, y: pgd(net, x, y, eps, norm="linf", steps=steps, alpha=alpha,
+            lambda x, y: pgd(net, x, y, eps, norm=norm, steps=steps, alpha=alpha,
                              random_start=False),
-            torchattacks.PGD(net, eps=eps, alpha=alpha, steps=steps, random_start=False),
-            f"PGD linf eps={eps} alpha={alpha} steps={steps}")
-
-
-@pytest.mark.parametrize("eps, alpha, steps", [(1.0, 0.1, 20), (1.5, 0.2, 20)])
-def test_pgd_l2_matches_torchattacks_pgdl2(eps, alpha, steps, net_and_batch):
-    net, x, y = net_and_batch
-    compare(net, x, y,
-            lambda x, y: pgd(net, x, y, eps, norm="l2", steps=steps, alpha=alpha,
-                             random_start=False),
-            torchattacks.PGDL2(net, eps=eps, alpha=alpha, steps=steps, random_start=False),
-            f"PGD l2 eps={eps} alpha={alpha} steps={steps}")
+            theirs(net, eps=eps, alpha=alpha, steps=steps, random_start=False),
+            f"PGD {norm} eps={eps} alpha={alpha} steps={steps}")
 
 
 # torchattacks' CW uses one fixed c, so ours runs a single round of its binary search

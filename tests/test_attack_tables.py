@@ -1,0 +1,111 @@
+"""The attack chapters' table functions and the shared chapter setup (rmd_lib.experiment)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rmd_lib.attack_tables import (correct, cw_table, robust_accuracy_table, transfer_table,
+                                   unrolled_table)
+from rmd_lib.attacks import fgsm
+from rmd_lib.evaluation import accuracy
+from rmd_lib.experiment import Setup, prepare
+from rmd_lib.projection import InvertAndClassify
+
+
+@pytest.fixture
+def parts(tiny_generator, make_net):
+    G, clf = tiny_generator, make_net()
+    inc = InvertAndClassify(G, clf, seed=0, steps=20, restarts=2)
+    x = torch.rand(12, 1, 6, 6, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        y = clf(x).argmax(1)  # labels the classifier gets right
+    return G, clf, inc, x, y
+
+
+def test_correct_agrees_with_accuracy(parts):
+    _, clf, _, x, y = parts
+    y_mixed = y.clone()
+    y_mixed[:5] = (y_mixed[:5] + 1) % 3
+    ok = correct(clf, x, y_mixed, batch_size=4)
+    assert ok.dtype == torch.bool and ok.shape == (12,)
+    assert ok.float().mean().item() == pytest.approx(accuracy(clf, x, y_mixed))
+    assert not ok[:5].any() and ok[5:].all()
+
+
+def test_cw_table_rows(parts):
+    _, clf, inc, x, y = parts
+    rows = cw_table(clf, inc, x, y, (0.0, 0.5), steps=30, binary_steps=3)
+    assert [r["kappa"] for r in rows] == [0.0, 0.5]
+    assert rows[0]["found"] == 1.0 and rows[0]["classifier"] == 0.0  # the tiny net is easy
+    assert rows[0]["median L2"] > 0
+    assert all(0 <= r["INC"] <= 1 for r in rows)
+
+
+def test_unrolled_table_rows(parts):
+    G, clf, inc, x, y = parts
+    rows = unrolled_table(G, clf, inc, x, y, (1, 4), eps=0.3, restarts=1, pgd_steps=3)
+    assert [r["k"] for r in rows] == [1, 4]
+    for r in rows:
+        assert r["seconds per gradient"] > 0 and r["gradient norm"] > 0
+        assert 0 <= r["unrolled model"] <= 1 and 0 <= r["INC"] <= 1
+
+
+def test_transfer_table_measures_the_source_and_each_target(parts, make_net):
+    _, clf, _, x, y = parts
+    source = make_net(seed=3)
+    rows = transfer_table(source, {"target": clf}, x, y, {"FGSM": (fgsm, {})}, [0.1, 0.3])
+    assert [(r["attack"], r["eps"]) for r in rows] == [("FGSM", 0.1), ("FGSM", 0.3)]
+    x_adv = fgsm(source, x, y, 0.3)
+    assert rows[1]["substitute"] == pytest.approx(accuracy(source, x_adv, y))
+    assert rows[1]["target"] == pytest.approx(accuracy(clf, x_adv, y))
+
+
+def test_robust_accuracy_table_worst_case_is_the_and_over_attacks(parts):
+    _, clf, _, x, y = parts
+
+    def unchanged(x, y, eps, norm):
+        return x
+
+    def half_broken(x, y, eps, norm):  # replaces the first half by images of another label
+        out = x.clone()
+        out[: len(x) // 2] = x[torch.roll(torch.arange(len(x)), 1)][: len(x) // 2]
+        return out
+
+    attacks = {"none": unchanged, "fgsm": lambda x, y, e, n: fgsm(clf, x, y, e, norm=n),
+               "swap": half_broken}
+    rows = robust_accuracy_table(clf, x, y, attacks, [0.05, 0.5], norm="linf")
+    assert [r["eps"] for r in rows] == [0.05, 0.5]
+    for r in rows:
+        assert r["none"] == 1.0
+        assert r["worst case"] <= min(r["none"], r["fgsm"], r["swap"])
+        ok = correct(clf, fgsm(clf, x, y, r["eps"]), y) & correct(clf, half_broken(x, y, 0, 0), y)
+        assert r["worst case"] == pytest.approx(ok.float().mean().item())
+
+
+def test_setup_builds_the_defense_and_slices_test_images(tiny_mnist, tiny_generator, make_net,
+                                                         tiny_profile):
+    s = Setup("mnist", tiny_mnist, make_net(num_classes=10, image_shape=(1, 28, 28)),
+              tiny_generator, tiny_generator)
+    inc = s.inc(tiny_profile, seed=4, restarts=1)
+    assert inc.projection == {"steps": tiny_profile.proj_steps, "restarts": 1} and inc.seed == 4
+    x, y = s.test_images(5, "cpu", offset=27)
+    assert torch.equal(x, tiny_mnist.x_test[27:32]) and torch.equal(y, tiny_mnist.y_test[27:32])
+    with pytest.raises(ValueError, match="test images"):
+        s.test_images(10, "cpu", offset=27)
+
+
+def test_prepare_trains_through_the_cache_and_records_the_run(tiny_mnist, tiny_profile,
+                                                              tmp_path, monkeypatch):
+    import rmd_lib.experiment as experiment
+    from rmd_lib.evaluation import start_run
+
+    monkeypatch.setattr(experiment, "load_dataset", lambda name, data_dir, **kw: tiny_mnist)
+    run = start_run("test_chapter", tiny_profile, 0, "cpu", tmp_path)
+    setups = prepare(run, ["mnist"], generator="vae", cache_dir=tmp_path)
+    s = setups["mnist"]
+    assert s.G is s.model.decoder and s.data is tiny_mnist
+    assert set(run.models) == {"classifier_mnist", "vae_mnist"}
+    assert run.data_sources == {"mnist": tiny_mnist.source}
+    assert len(list(tmp_path.glob("*.safetensors"))) == 2
+    with pytest.raises(ValueError, match="generator must be one of"):
+        prepare(run, ["mnist"], generator="began")
