@@ -4,6 +4,7 @@ from .autoencoder import EncoderSubstitute, train_encoder
 from .cw import cw_l2
 from .first_order import NORMS, bim, fgsm, input_gradient, pgd, project_ball
 from .latent import latent_space_attack
+from .minmax import DIVERGENCES, MinMaxPairs, divergence, minmax_pairs
 from .substitute import Substitute, jacobian_augment, train_substitute
 from .unrolled import UnrolledINC, unrolled_project
 
@@ -16,4 +17,4 @@ ATTACKS = {"fgsm": fgsm, "bim": bim, "pgd": pgd}
 __all__ = ["ATTACKS", "NORMS", "fgsm", "bim", "pgd", "cw_l2", "BPDA", "project_ball",
            "input_gradient", "generator_jacobian", "latent_space_attack", "UnrolledINC", "unrolled_project",
            "train_substitute", "jacobian_augment", "Substitute", "train_encoder",
-           "EncoderSubstitute"]
+           "EncoderSubstitute", "minmax_pairs", "MinMaxPairs", "divergence", "DIVERGENCES"]

@@ -1,0 +1,143 @@
+"""The overpowered min-max attack: pairs of images in the generator's range that lie within
+eps of each other and are classified as differently as possible (Ilyas et al. 2017).
+
+Both images are outputs of G, so a projection onto the range returns them unchanged: a
+pair found here defeats invert-and-classify by construction. Per pair, over (z1, z2):
+
+    maximise  D(C(G(z1)), C(G(z2)))  subject to  ||G(z1) - G(z2)||_2 <= eps,
+
+with D the symmetric KL divergence of the two softmax outputs (or the authors' cross-entropy
+form), the constraint held by a Lagrange multiplier lambda >= 0 raised by dual ascent, and a
+small penalty on ||z||^2 that keeps the latents where the prior puts its mass. All pairs are
+one batch; a pair stops as soon as it is valid and its two images get different labels.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..checks import check_eps, check_positive_int, model_device
+from ..projection import _latent_dim, _sample_prior
+
+__all__ = ["MinMaxPairs", "minmax_pairs", "divergence", "DIVERGENCES"]
+
+DIVERGENCES = ("sym_kl", "ce")
+
+
+def divergence(logits1: torch.Tensor, logits2: torch.Tensor, kind: str = "sym_kl") -> torch.Tensor:
+    """Per-row divergence between two classifiers' outputs, logits (N, K) each: ``"sym_kl"``
+    is KL(p1 || p2) + KL(p2 || p1); ``"ce"`` is the cross-entropy -sum p1 log p2."""
+    if kind not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {kind!r}.")
+    lp1, lp2 = logits1.log_softmax(dim=1), logits2.log_softmax(dim=1)
+    if kind == "ce":
+        return -(lp1.exp() * lp2).sum(dim=1)
+    return ((lp1.exp() - lp2.exp()) * (lp1 - lp2)).sum(dim=1)
+
+
+@dataclass
+class MinMaxPairs:
+    """N pairs: latents ``z1``, ``z2`` (N, d); images ``x1``, ``x2``; ``distance`` (N,) =
+    ||G(z1) - G(z2)||_2; ``divergence`` (N,); ``valid`` (distance <= eps); ``different``
+    (the classifier's labels differ); ``steps`` (N,) gradient steps each pair ran."""
+
+    z1: torch.Tensor
+    z2: torch.Tensor
+    x1: torch.Tensor
+    x2: torch.Tensor
+    distance: torch.Tensor
+    divergence: torch.Tensor
+    valid: torch.Tensor
+    different: torch.Tensor
+    steps: torch.Tensor
+
+    @property
+    def success(self) -> torch.Tensor:
+        """Valid pairs whose two images are classified differently: (N,) bool."""
+        return self.valid & self.different
+
+
+def minmax_pairs(G: nn.Module, C: nn.Module, eps: float, n: int = 256, *, steps: int = 200,
+                 lr: float = 0.05, lam_init: float = 1.0, lam_rate: float = 1.0,
+                 latent_penalty: float = 1e-3, kind: str = "sym_kl",
+                 z1: torch.Tensor | None = None, init_scale: float = 0.1,
+                 early_stop: bool = True, seed: int | None = 0,
+                 generator: torch.Generator | None = None,
+                 progress: bool = False) -> MinMaxPairs:
+    """Search ``n`` pairs (z1, z2) with ||G(z1) - G(z2)||_2 <= eps whose classifications by C
+    differ most, by Adam on both latents (batched) and dual ascent on one lambda per pair.
+
+    G maps (B, d) latents to images in [0, 1]; C maps images to logits. z1 starts from the
+    prior and z2 at z1 plus ``init_scale`` times prior noise. Passing ``z1`` (n, d), e.g.
+    the inversions of real test images, fixes it: only z2 moves, and the pairs are manifold
+    neighbours of those images. ``kind`` is the divergence (see :func:`divergence`).
+    """
+    eps = check_eps(eps)
+    steps = check_positive_int(steps, "steps")
+    if kind not in DIVERGENCES:
+        raise ValueError(f"kind must be one of {DIVERGENCES}, got {kind!r}.")
+    d = _latent_dim(G)
+    device = model_device(G) or torch.device("cpu")
+    if generator is None and seed is not None:
+        generator = torch.Generator().manual_seed(seed)
+    fixed = z1 is not None
+    if fixed:
+        if z1.ndim != 2 or z1.shape[1] != d:
+            raise ValueError(f"z1 must have shape (n, {d}), got {tuple(z1.shape)}.")
+        n = z1.shape[0]
+        z1 = z1.detach().to(device)
+    else:
+        n = check_positive_int(n, "n")
+        z1 = _sample_prior(G, n, generator).to(device)
+    z2 = z1 + init_scale * _sample_prior(G, n, generator).to(device)
+    if not fixed:
+        z1 = z1.clone()
+    moved = [z2] if fixed else [z1, z2]
+    m = [torch.zeros_like(z) for z in moved]
+    v = [torch.zeros_like(z) for z in moved]
+    lam = torch.full((n,), float(lam_init), device=device)
+    ran = torch.zeros(n, dtype=torch.long, device=device)
+    live = torch.arange(n, device=device)  # pairs still searching; finished ones leave the batch
+    b1, b2 = 0.9, 0.999
+    for t in tqdm(range(steps), desc="min-max pairs", disable=not progress):
+        req = [z[live].requires_grad_(True) for z in moved]
+        a, b = (z1[live], req[0]) if fixed else (req[0], req[1])
+        with torch.enable_grad():
+            xa, xb = G(a), G(b)
+            la, lb = C(xa), C(xb)
+            dist = (xa - xb).flatten(1).norm(dim=1)
+            prior = (b.pow(2).sum(1) + (0 if fixed else a.pow(2).sum(1))) / d
+            loss = (-divergence(la, lb, kind) + lam[live] * (dist - eps).clamp(min=0)
+                    + latent_penalty * prior)
+            grads = torch.autograd.grad(loss.sum(), req)
+        with torch.no_grad():
+            go = torch.ones_like(dist, dtype=torch.bool)
+            if early_stop:  # valid and classified differently: this pair is found
+                go = ~((dist <= eps) & (la.argmax(1) != lb.argmax(1)))
+            ran[live] += go.long()
+            rows = live[go]
+            for i, g in enumerate(grads):
+                g = g[go]
+                m[i][rows] = b1 * m[i][rows] + (1 - b1) * g
+                v[i][rows] = b2 * v[i][rows] + (1 - b2) * g * g
+                m_hat = m[i][rows] / (1 - b1 ** (t + 1))
+                v_hat = v[i][rows] / (1 - b2 ** (t + 1))
+                moved[i][rows] = moved[i][rows] - lr * m_hat / (v_hat.sqrt() + 1e-8)
+            # Dual ascent: lambda grows while the pair is too far apart, never below zero.
+            lam[rows] = (lam[rows] + lam_rate * (dist[go] - eps)).clamp(min=0)
+            live = rows
+            if live.numel() == 0:
+                break
+    z2 = moved[0] if fixed else moved[1]
+    if not fixed:
+        z1 = moved[0]
+    with torch.no_grad():
+        x1, x2 = G(z1), G(z2)
+        l1, l2 = C(x1), C(x2)
+        dist = (x1 - x2).flatten(1).norm(dim=1)
+        return MinMaxPairs(z1.detach(), z2.detach(), x1, x2, dist, divergence(l1, l2, kind),
+                           dist <= eps + 1e-6, l1.argmax(1) != l2.argmax(1), ran)
