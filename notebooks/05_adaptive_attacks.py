@@ -171,7 +171,7 @@ for name, s in setups.items():
 #
 # | defense | attack | budget | accuracy | source |
 # |---|---|---|---|---|
-# | Defense-GAN, MNIST | BPDA-style attack in $L_2$ | per-pixel normalised $L_2$ 0.005 | 55% | {cite:t}`athalye2018obfuscated` |
+# | Defense-GAN, MNIST | their adaptive attack | $L_2$ 0.005 per pixel, normalised as in their paper | 55% | {cite:t}`athalye2018obfuscated` |
 # | Defense-GAN, MNIST | latent-space attack | (their setting) | about 3% | the later version of {cite:t}`ilyas2017robust` |
 #
 # Our budgets are unnormalised $\lVert\delta\rVert_2$ and $\lVert\delta\rVert_\infty$ on
