@@ -99,7 +99,7 @@ PROFILES: dict[str, Profile] = {
         sub_budget=200, enc_train=200, enc_epochs=3, n_transfer=24, substitute_margin=0.0,
         claim_margin=0.0,
     ),
-    # CPU book build: real numbers; each notebook within 16 min on 2 cores (about an hour
+    # CPU book build: real numbers; each notebook within 18 min on 2 cores (about an hour
     # for the book; the attack chapters are the long ones).
     "standard": Profile(
         name="standard", n_train=20000, n_test=1000,
