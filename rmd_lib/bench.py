@@ -88,9 +88,8 @@ def _timed(fn):
     return result, time.perf_counter() - t0
 
 
-def bench_projection(n: int = 200, n_loop: int = 3, device="auto", data_dir=None,
-                     cache_dir=None, seed: int = 0) -> dict:
-    """Run methods (a)-(d) on ``n`` held-out digits ((b) on ``n_loop``); returns the rows."""
+def _standard_mnist(device, data_dir, cache_dir, seed):
+    """The device, MNIST and the VAE decoder of the ``standard`` profile (from the cache)."""
     dev = resolve_device(device)
     if dev.type == "cpu":
         torch.set_flush_denormal(True)
@@ -98,6 +97,13 @@ def bench_projection(n: int = 200, n_loop: int = 3, device="auto", data_dir=None
     data = load_dataset("mnist", data_dir, n_train=prof.n_train, n_test=prof.n_test, verbose=False)
     G = pretrained_or_train("vae", data, prof, seed=seed, device=dev, cache_dir=cache_dir,
                             verbose=False).decoder
+    return dev, data, G
+
+
+def bench_projection(n: int = 200, n_loop: int = 3, device="auto", data_dir=None,
+                     cache_dir=None, seed: int = 0) -> dict:
+    """Run methods (a)-(d) on ``n`` held-out digits ((b) on ``n_loop``); returns the rows."""
+    dev, data, G = _standard_mnist(device, data_dir, cache_dir, seed)
     x = data.x_test[:n].to(dev)
     # Warm-up: allocator, kernels, and torch.optim's one-off imports (seconds, once a process).
     project(G, x[:8], steps=5, restarts=2)
@@ -132,15 +138,9 @@ def bench_minmax(n: int = 256, n_loop: int = 64, eps: float = 2.0, steps: int = 
     both with ``steps`` steps and early stopping; returns pairs/s and success rates."""
     from .attacks import minmax_pairs
 
-    dev = resolve_device(device)
-    if dev.type == "cpu":
-        torch.set_flush_denormal(True)
-    prof = get_profile("standard")
-    data = load_dataset("mnist", data_dir, n_train=prof.n_train, n_test=prof.n_test, verbose=False)
-    G = pretrained_or_train("vae", data, prof, seed=seed, device=dev, cache_dir=cache_dir,
-                            verbose=False).decoder
-    C = pretrained_or_train("classifier", data, prof, seed=seed, device=dev, cache_dir=cache_dir,
-                            verbose=False)
+    dev, data, G = _standard_mnist(device, data_dir, cache_dir, seed)
+    C = pretrained_or_train("classifier", data, get_profile("standard"), seed=seed, device=dev,
+                            cache_dir=cache_dir, verbose=False)
     minmax_pairs(G, C, eps, n=4, steps=3)  # warm-up
     batched, t_b = _timed(lambda: minmax_pairs(G, C, eps, n=n, steps=steps, seed=seed))
     singles, t_l = _timed(lambda: [minmax_pairs(G, C, eps, n=1, steps=steps, seed=seed + 1 + i)
