@@ -11,16 +11,14 @@ import time
 import torch
 
 from .attacks import UnrolledINC, cw_l2, input_gradient, pgd
-from .evaluation import accuracy
+from .evaluation import accuracy, predict
 
 __all__ = ["cw_table", "unrolled_table", "transfer_table", "robust_accuracy_table", "correct"]
 
 
-@torch.no_grad()
 def correct(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Per image, whether ``model`` classifies it as y: (N,) bool."""
-    return torch.cat([model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]
-                      for i in range(0, len(x), batch_size)])
+    return predict(model, x, batch_size).argmax(1) == y.to(x.device)
 
 
 def cw_table(classifier, inc, x, y, kappas, *, steps: int, binary_steps: int) -> list[dict]:
