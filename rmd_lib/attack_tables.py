@@ -10,10 +10,11 @@ import time
 
 import torch
 
-from .attacks import UnrolledINC, cw_l2, input_gradient, pgd
+from .attacks import UnrolledINC, cw_l2, input_gradient, minmax_pairs, pgd
 from .evaluation import accuracy, predict
 
-__all__ = ["cw_table", "unrolled_table", "transfer_table", "robust_accuracy_table", "correct"]
+__all__ = ["cw_table", "unrolled_table", "transfer_table", "robust_accuracy_table", "pair_table",
+           "correct"]
 
 
 def correct(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
@@ -89,3 +90,16 @@ def robust_accuracy_table(defense, x, y, attacks: dict, eps_list, *, norm: str,
         row["worst case"] = float(robust.float().mean())
         rows.append(row)
     return rows
+
+
+def pair_table(G, classifier, eps_list, n: int, *, steps: int, seed: int = 0,
+               **options) -> tuple[list[dict], dict]:
+    """Min-max pairs against ``classifier`` at each budget of ``eps_list``: ``n`` pairs per
+    budget, the same seed for each, so the budgets differ in nothing else. Returns the rows
+    (``eps`` and :meth:`MinMaxPairs.summary`) and the searches, keyed by eps."""
+    rows, searches = [], {}
+    for eps in eps_list:
+        pairs = minmax_pairs(G, classifier, float(eps), n, steps=steps, seed=seed, **options)
+        searches[float(eps)] = pairs
+        rows.append({"eps": float(eps), **pairs.summary()})
+    return rows, searches

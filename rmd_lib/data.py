@@ -21,6 +21,7 @@ import torch
 __all__ = [
     "Dataset", "DATASETS", "OFFLINE_FILES", "load_dataset", "dataset_names", "default_data_dir",
     "sha256_file", "verify_sha256", "fetch", "DataUnavailableError",
+    "load_celeba", "load_face_standin", "load_faces", "CELEBA_CLASSES", "STANDIN_CLASSES",
 ]
 
 MNIST_CLASSES = [str(i) for i in range(10)]
@@ -62,7 +63,7 @@ class DataUnavailableError(RuntimeError):
 
 @dataclass
 class Dataset:
-    """Images in [0, 1] of shape (N, 1, 28, 28) (float32) and int64 labels."""
+    """Images in [0, 1] of shape (N, C, H, W) (float32; (N, 1, 28, 28) for MNIST) and int64 labels."""
 
     name: str
     x_train: torch.Tensor
@@ -291,3 +292,190 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, download: boo
     if verbose:
         print(f"{key}: {len(x_tr)} train / {len(x_te)} test images from {source}")
     return ds
+
+
+# ----------------------------------------------------------------------------------------
+# Faces: CelebA, and the offline stand-in
+# ----------------------------------------------------------------------------------------
+
+CELEBA_CLASSES = ["female", "male"]
+STANDIN_CLASSES = ["T-shirt/top", "Shirt"]
+CELEBA_SPLITS = {"train": 0, "valid": 1, "test": 2}
+CELEBA_FILES = ("img_align_celeba", "list_attr_celeba.txt", "list_eval_partition.txt")
+# BEGAN's crop of the 178x218 aligned images: the BEGAN reference's 128x128 box, centred
+# across (25 px each side) and 50 px from the top (5 px below a centred box). It keeps the
+# face with little background, and it is what the paper's BEGAN was trained on. DCGAN's
+# 108 centre crop is tighter and clips brow and chin; 160 spends the 64x64 pixels on hair
+# and background.
+CELEBA_CROP = (25, 50, 153, 178)  # PIL's (left, top, right, bottom)
+CELEBA_HOW_TO_GET = (
+    "Get CelebA's aligned-and-cropped images (img_align_celeba.zip) and the two lists "
+    "list_attr_celeba.txt and list_eval_partition.txt from the official site "
+    "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html (Google Drive or Baidu links), or from "
+    "the Kaggle mirror `kaggle datasets download jessicali9530/celeba-dataset` (take the .txt "
+    "lists from the official site if the mirror only has .csv versions), or let "
+    "torchvision.datasets.CelebA(root, download=True) try Google Drive. Unzip so that "
+    "<root>/img_align_celeba/000001.jpg exists, then pass root= or set $RMD_CELEBA_DIR."
+)
+
+
+def _celeba_root(root: str | Path | None) -> Path:
+    root = Path(root or os.environ.get("RMD_CELEBA_DIR") or default_data_dir() / "celeba")
+    # torchvision's CelebA(root) keeps the same files one level down, in <root>/celeba/.
+    if not (root / "img_align_celeba").exists() and (root / "celeba" / "img_align_celeba").exists():
+        return root / "celeba"
+    return root
+
+
+def _celeba_download(root: Path) -> None:
+    """Let torchvision fetch CelebA into <root>/celeba, with a clear message when it cannot."""
+    try:
+        from torchvision.datasets import CelebA
+        CelebA(str(root), split="all", target_type="attr", download=True)
+    except Exception as exc:  # gdown missing, no network, Google Drive's quota, a bad MD5
+        text = str(exc).strip()
+        msg = text.splitlines()[0] if text else type(exc).__name__
+        # torchvision's own message, and gdown's ("Failed to retrieve file url: ... Too many
+        # users have viewed or downloaded this file recently"), for the same Drive limit.
+        if any(s in text.lower() for s in ("quota", "too many users", "failed to retrieve file url")):
+            msg = ("Google Drive refused it: the download quota of CelebA's files is used up "
+                   "(a common failure; try again in a day, or use another source)")
+        raise DataUnavailableError(f"torchvision could not download CelebA: {msg}.\n"
+                                   + CELEBA_HOW_TO_GET) from exc
+
+
+def _read_celeba_lists(root: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Filenames, the ``Male`` label (1 male, 0 female) and the partition (0, 1, 2) of each image."""
+    attr_path, part_path = root / "list_attr_celeba.txt", root / "list_eval_partition.txt"
+    lines = attr_path.read_text().splitlines()
+
+    def malformed(why: str) -> DataUnavailableError:
+        return DataUnavailableError(f"{attr_path} is malformed: {why}. Get it again. " + CELEBA_HOW_TO_GET)
+
+    # The format: the number of images, then the 40 attribute names, then one line per image,
+    # "000001.jpg -1  1 ..." with values 1 / -1 separated by one or more spaces.
+    if len(lines) < 2 or not lines[0].strip().isdigit():
+        raise malformed("its first line must be the number of images")
+    names = lines[1].split()
+    if "Male" not in names:
+        raise malformed(f"the attribute names on its second line have no 'Male': {names[:5]}...")
+    rows = [line.split() for line in lines[2:] if line.strip()]
+    if len(rows) != int(lines[0]):
+        raise malformed(f"it announces {int(lines[0])} images but lists {len(rows)}")
+    male = {}
+    for i, row in enumerate(rows, start=3):
+        if len(row) != len(names) + 1 or any(v not in ("1", "-1") for v in row[1:]):
+            raise malformed(f"line {i} is not a filename and {len(names)} values of 1 or -1")
+        male[row[0]] = row[1 + names.index("Male")] == "1"
+
+    partition = {}
+    for i, line in enumerate(part_path.read_text().splitlines(), start=1):
+        row = line.split()
+        if not row:
+            continue
+        if len(row) != 2 or row[1] not in ("0", "1", "2"):
+            raise DataUnavailableError(f"{part_path} is malformed: line {i} is not a filename and "
+                                       "a partition of 0, 1 or 2. " + CELEBA_HOW_TO_GET)
+        partition[row[0]] = int(row[1])
+    unlisted = sorted(set(male) - set(partition))
+    if unlisted:
+        raise DataUnavailableError(f"{part_path} has no partition for {len(unlisted)} images of "
+                                   f"{attr_path.name}, such as {unlisted[0]}. " + CELEBA_HOW_TO_GET)
+    files = sorted(male)
+    return (files, np.array([male[f] for f in files], dtype=np.int64),
+            np.array([partition[f] for f in files], dtype=np.int64))
+
+
+def load_celeba(root: str | Path | None = None, split: str = "train", size: int = 64,
+                n: int | None = None, download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """CelebA faces with BEGAN's preprocessing, and the ``Male`` attribute as the label.
+
+    Reads a local copy in the official layout (``img_align_celeba/``, ``list_attr_celeba.txt``,
+    ``list_eval_partition.txt``) under ``root``, else ``$RMD_CELEBA_DIR``, else
+    ``<data_dir>/celeba``. ``split`` is the official partition: ``"train"``, ``"valid"``,
+    ``"test"`` or ``"all"``; ``n`` caps it with a fixed random subset. Returns images
+    (N, 3, size, size) float32 in [0, 1] and labels (N,) int64, 1 male and 0 female. The
+    whole train split (162,770 images) takes minutes to decode and 8 GB at 64x64: cap it on a CPU.
+    """
+    if split not in (*CELEBA_SPLITS, "all"):
+        raise ValueError(f"split must be one of {[*CELEBA_SPLITS, 'all']}, got {split!r}.")
+    root = _celeba_root(root)
+    missing = [name for name in CELEBA_FILES if not (root / name).exists()]
+    if missing and download:
+        _celeba_download(root)
+        root = _celeba_root(root)
+        missing = [name for name in CELEBA_FILES if not (root / name).exists()]
+    if missing:
+        raise DataUnavailableError(f"CelebA is not in {root}: {root / missing[0]} is missing.\n"
+                                   + CELEBA_HOW_TO_GET)
+    files, labels, partition = _read_celeba_lists(root)
+    idx = np.arange(len(files)) if split == "all" else np.flatnonzero(partition == CELEBA_SPLITS[split])
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"The number of images must be >= 1, got {n}.")
+        idx = np.sort(np.random.default_rng(SPLIT_SEED).permutation(idx)[:n])
+    absent = [files[i] for i in idx if not (root / "img_align_celeba" / files[i]).exists()]
+    if absent:
+        raise DataUnavailableError(
+            f"{len(absent)} images of the {split} split are missing from {root / 'img_align_celeba'}, "
+            f"such as {absent[0]}: the folder is incomplete. " + CELEBA_HOW_TO_GET)
+
+    from PIL import Image
+
+    x = np.empty((len(idx), size, size, 3), dtype=np.uint8)
+    for j, i in enumerate(idx):
+        with Image.open(root / "img_align_celeba" / files[i]) as img:
+            # The reference resizes by nearest neighbour, which at 128 -> 64 drops every second
+            # row and column; the box filter averages them instead: same framing, less aliasing.
+            x[j] = np.asarray(img.convert("RGB").crop(CELEBA_CROP).resize((size, size), Image.BOX))
+    images = torch.from_numpy(x).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+    return images, torch.from_numpy(labels[idx])
+
+
+def load_face_standin(size: int = 32, n_train: int | None = None, n_test: int | None = None, *,
+                      data_dir: str | Path | None = None, download: bool = True) -> Dataset:
+    """The offline stand-in for CelebA: Fashion-MNIST's T-shirt/top (0) against Shirt (1).
+
+    Its two most confusable classes, ambiguous as faces can be for gender, upscaled
+    (bilinear) from 28x28 to (N, 1, size, size) in [0, 1]. ``n_train``/``n_test`` cap the
+    splits with a fixed random subset. It is named and sourced as a stand-in, never as CelebA.
+    """
+    fashion = load_dataset("fashion_mnist", data_dir, download=download, verbose=False)
+
+    def shirts(x, y, n, seed):
+        keep = (y == 0) | (y == 6)
+        x, y = _subset(x[keep], (y[keep] == 6).long(), n, seed)
+        # Bilinear weights are a convex combination, so the images stay in [0, 1].
+        return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
+                                               align_corners=False), y
+
+    x_tr, y_tr = shirts(fashion.x_train, fashion.y_train, n_train, SPLIT_SEED)
+    x_te, y_te = shirts(fashion.x_test, fashion.y_test, n_test, SPLIT_SEED + 1)
+    source = (f"stand-in for CelebA: Fashion-MNIST T-shirt/top (0) vs Shirt (1), upscaled to "
+              f"{size}x{size}, from {fashion.source}")
+    return Dataset("fashion_shirts_standin", x_tr, y_tr, x_te, y_te, list(STANDIN_CLASSES), source)
+
+
+def load_faces(root: str | Path | None = None, size: int = 64, n_train: int | None = None,
+               n_test: int | None = None, allow_standin: bool = True,
+               download: bool = False, data_dir: str | Path | None = None) -> tuple[Dataset, bool]:
+    """The faces chapter's data: CelebA when a copy is found, else the labelled stand-in.
+
+    Returns (dataset, is_standin). CelebA gives (N, 3, size, size) images of its official
+    train and test partitions; the stand-in gives (N, 1, size, size) images. With
+    ``allow_standin=False`` a missing CelebA raises :class:`DataUnavailableError`.
+    ``data_dir`` is where the stand-in's Fashion-MNIST is looked for (see :func:`load_dataset`).
+    """
+    try:
+        x_tr, y_tr = load_celeba(root, "train", size, n_train, download=download)
+        x_te, y_te = load_celeba(root, "test", size, n_test)
+    except DataUnavailableError as exc:
+        if not allow_standin:
+            raise
+        why = str(exc).splitlines()[0].rstrip(".")
+        print(f"faces: CelebA unavailable ({why}); using the stand-in, Fashion-MNIST "
+              "T-shirt/top vs Shirt, which is NOT CelebA.")
+        return load_face_standin(size, n_train, n_test, data_dir=data_dir, download=download), True
+    source = f"CelebA, local copy in {_celeba_root(root)} (official partition, Male attribute)"
+    print(f"faces: CelebA from {_celeba_root(root)}: {len(x_tr)} train / {len(x_te)} test images.")
+    return Dataset("celeba", x_tr, y_tr, x_te, y_te, list(CELEBA_CLASSES), source), False

@@ -96,6 +96,8 @@ def _jsonable(obj):
         return obj.item()
     if isinstance(obj, Path):
         return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None  # strict JSON has no NaN; a table cell with no value (e.g. no valid pair)
     return obj
 
 

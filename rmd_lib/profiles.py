@@ -74,6 +74,42 @@ class Profile:
     # (Fashion-MNIST); L2 3.0, 44.5 and 47.0 points.
     adaptive_drop_linf: float = 0.15
     adaptive_drop_l2: float = 0.30
+    # the overpowered attack chapter: min-max pairs searched per dataset and budget (L2 eps on
+    # images in [0, 1]), and Adam steps per search
+    minmax_eps: tuple[float, ...] = (1.0, 2.0, 3.0)
+    minmax_n: int = 256
+    minmax_steps: int = 200
+    # adversarial training on the manifold: fine-tuning steps (batches of batch_size), the
+    # pairs' budget, the pair term's weight, pairs renewed every at_regen_every steps
+    # (at_pairs pairs of at_pair_steps search steps), Adam's learning rate
+    at_steps: int = 150
+    at_eps: float = 2.0
+    at_weight: float = 1.0
+    at_regen_every: int = 10
+    at_pairs: int = 64
+    at_pair_steps: int = 50
+    at_lr: float = 1e-4
+    # the PGD-trained baseline (Madry et al.; the authors' MNIST code: L2 1.5, 40 steps),
+    # fine-tuned for the same at_steps steps
+    pgd_at_eps: float = 1.5
+    pgd_at_attack_steps: int = 10
+    # latent paths drawn for the confidence-along-a-path figure
+    n_paths: int = 64
+    # BEGAN, the faces chapter's generator: iterations, width n, output resolution, batch.
+    # Standard: 1,200 iterations at n = 32 and 32x32, batch 16; measured 0.35-0.38 s of CPU
+    # per iteration on one thread (7-7.6 min), less with 2 threads. Paper: n = 128 at 64x64.
+    began_iters: int = 1200
+    began_width: int = 32
+    began_resolution: int = 32
+    began_batch: int = 16
+    # the faces chapter: test images of its INC evaluations, INC's projection there (steps,
+    # restarts), FGSM budgets (L-inf), the substitute (seed images, augmentation rounds) and
+    # the manifold fine-tuning (steps, pairs, pair search steps)
+    n_faces: int = 100
+    face_proj: tuple[int, int] = (100, 4)
+    face_eps: tuple[float, ...] = (0.05, 0.1, 0.2)
+    face_sub: tuple[int, int] = (60, 2)
+    face_at: tuple[int, int, int] = (100, 16, 30)
     # tolerance used by the notebooks' headline assertions, in accuracy points
     claim_margin: float = 0.30
     extra: dict = field(default_factory=dict)
@@ -97,6 +133,10 @@ PROFILES: dict[str, Profile] = {
         unroll_steps=(2, 5), unroll_restarts=1, adaptive_steps=3, eot_samples=2,
         attack_proj=(10, 1), latent_steps=10, sub_seed=30, sub_rounds=2, sub_epochs=3,
         sub_budget=200, enc_train=200, enc_epochs=3, n_transfer=24, substitute_margin=0.0,
+        minmax_eps=(1.0, 3.0), minmax_n=32, minmax_steps=30, at_steps=6, at_regen_every=3,
+        at_pairs=16, at_pair_steps=10, pgd_at_attack_steps=2, n_paths=8,
+        began_iters=30, began_width=16, began_resolution=32, began_batch=16,
+        n_faces=8, face_proj=(10, 1), face_sub=(8, 1), face_at=(3, 4, 5),
         claim_margin=0.0,
     ),
     # CPU book build: real numbers; each notebook within 18 min on 2 cores (about an hour
@@ -122,6 +162,10 @@ PROFILES: dict[str, Profile] = {
         unroll_steps=(10, 50, 200, 1000), unroll_restarts=4, adaptive_steps=100,
         eot_samples=10, attack_proj=(200, 10), latent_steps=500, sub_seed=150, sub_rounds=6,
         sub_epochs=10, sub_budget=10000, enc_train=20000, enc_epochs=50, n_transfer=2000,
+        minmax_eps=(0.5, 1.0, 2.0, 3.0, 4.0), minmax_n=1000, minmax_steps=500, at_steps=2000,
+        at_pairs=128, at_pair_steps=100, pgd_at_attack_steps=40, n_paths=256,
+        began_iters=100000, began_width=128, began_resolution=64, began_batch=16,
+        n_faces=1000, face_proj=(2000, 10), face_sub=(150, 6), face_at=(2000, 128, 100),
         claim_margin=0.30,
     ),
 }

@@ -18,11 +18,11 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .data import Dataset, default_data_dir, fetch
-from .models import VAE, MnistClassifier, WGANCritic, WGANGenerator
+from .models import VAE, BEGANDiscriminator, BEGANGenerator, MnistClassifier, WGANCritic, WGANGenerator
 from .profiles import Profile, resolve_device
 
 __all__ = [
-    "set_seed", "train_classifier", "train_vae", "train_wgan_gp", "pretrained_or_train",
+    "set_seed", "train_classifier", "train_vae", "train_wgan_gp", "train_began", "pretrained_or_train",
     "save_checkpoint", "load_checkpoint", "model_config", "CACHE_FORMAT",
 ]
 
@@ -172,7 +172,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
-_KINDS = ("classifier", "vae", "gan")
+_KINDS = ("classifier", "vae", "gan", "began")
 
 
 def model_config(kind: str, dataset: Dataset, profile: Profile, seed: int) -> dict:
@@ -186,21 +186,38 @@ def model_config(kind: str, dataset: Dataset, profile: Profile, seed: int) -> di
     cfg = {"kind": kind, "dataset": dataset.name, "n_train": len(dataset.x_train),
            "data_sha256": hashlib.sha256(pixels + labels).hexdigest()[:16],
            "seed": seed, "format": CACHE_FORMAT}
+    channels, size = dataset.x_train.shape[1], dataset.x_train.shape[-1]
     if kind == "classifier":
         cfg.update(epochs=profile.classifier_epochs, batch_size=profile.batch_size, lr=1e-3)
+        if (channels, size) != (1, 28):  # only then, so MNIST models keep their cache keys
+            cfg.update(in_channels=channels, image_size=size)
     elif kind == "vae":
         cfg.update(epochs=profile.vae_epochs, latent_dim=20, hidden=500, batch_size=100, lr=1e-3)
-    else:
+    elif kind == "gan":
         cfg.update(iters=profile.gan_iters, width=profile.gan_width, latent_dim=128,
                    batch_size=64, n_critic=5, gp_weight=10.0, lr=1e-4)
+    else:
+        if size != profile.began_resolution:
+            raise ValueError(
+                f"The {profile.name} profile's BEGAN makes {profile.began_resolution}x"
+                f"{profile.began_resolution} images but {dataset.name} has {size}x{size}: load "
+                f"the data with size=profile.began_resolution."
+            )
+        cfg.update(iters=profile.began_iters, width=profile.began_width, resolution=size,
+                   channels=channels, latent_dim=64, hidden=64, batch_size=profile.began_batch,
+                   gamma=0.5, lambda_k=0.001, lr=8e-5)
     return cfg
 
 
 def _build(cfg: dict, num_classes: int) -> nn.Module:
     if cfg["kind"] == "classifier":
-        return MnistClassifier(num_classes=num_classes)
+        return MnistClassifier(num_classes=num_classes, in_channels=cfg.get("in_channels", 1),
+                               image_size=cfg.get("image_size", 28))
     if cfg["kind"] == "vae":
         return VAE(latent_dim=cfg["latent_dim"], hidden=cfg["hidden"])
+    if cfg["kind"] == "began":
+        return BEGANGenerator(latent_dim=cfg["latent_dim"], width=cfg["width"],
+                              resolution=cfg["resolution"], channels=cfg["channels"])
     return WGANGenerator(latent_dim=cfg["latent_dim"], width=cfg["width"])
 
 
@@ -212,6 +229,12 @@ def _train(model: nn.Module, cfg: dict, dataset: Dataset, device, progress: bool
     elif cfg["kind"] == "vae":
         train_vae(model, x, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
                   seed=cfg["seed"], progress=progress)
+    elif cfg["kind"] == "began":
+        D = BEGANDiscriminator(width=cfg["width"], resolution=cfg["resolution"],
+                               channels=cfg["channels"], hidden=cfg["hidden"]).to(device)
+        train_began(model, D, x, iters=cfg["iters"], batch_size=cfg["batch_size"],
+                    gamma=cfg["gamma"], lambda_k=cfg["lambda_k"], lr=cfg["lr"], seed=cfg["seed"],
+                    progress=progress)
     else:
         critic = WGANCritic(width=cfg["width"]).to(device)
         train_wgan_gp(model, critic, x, iters=cfg["iters"], batch_size=cfg["batch_size"],
@@ -223,7 +246,7 @@ def pretrained_or_train(kind: str, dataset: Dataset, profile: Profile, *, seed: 
                         device="auto", cache_dir: str | Path | None = None,
                         checkpoint: str | Path | None = None, sha256: str | None = None,
                         progress: bool = True, verbose: bool = True) -> nn.Module:
-    """Return a ``"classifier"``, ``"vae"`` or ``"gan"`` (generator) model, in eval mode.
+    """Return a ``"classifier"``, ``"vae"``, ``"gan"`` or ``"began"`` (generator) model, in eval mode.
 
     With ``checkpoint`` (a path, or an http(s) URL that then needs ``sha256``) it loads those
     weights. Otherwise it reuses the cached model trained with the same configuration, or
@@ -258,3 +281,56 @@ def pretrained_or_train(kind: str, dataset: Dataset, profile: Profile, *, seed: 
     if verbose:
         print(f"{kind} ({dataset.name}): {source}")
     return model
+
+
+# ----------------------------------------------------------------------------------------
+# BEGAN (Berthelot et al. 2017)
+# ----------------------------------------------------------------------------------------
+
+def _reconstruction_loss(D: nn.Module, v: torch.Tensor) -> torch.Tensor:
+    """L(v) = mean |v - D(v)|, the autoencoder's L1 reconstruction loss (BEGAN's eta = 1)."""
+    return (v - D(v)).abs().mean()
+
+
+def train_began(G: BEGANGenerator, D: BEGANDiscriminator, x: torch.Tensor, *, iters: int,
+                batch_size: int = 16, gamma: float = 0.5, lambda_k: float = 0.001,
+                lr: float = 8e-5, seed: int = 0, progress: bool = True) -> dict[str, list[float]]:
+    """BEGAN's boundary-equilibrium training; x (N, C, R, R) in [0, 1], R = G's resolution.
+
+    Per iteration: L_D = L(x) - k_t L(G(z)), L_G = L(G(z)), then
+    k_{t+1} = clip(k_t + lambda_k (gamma L(x) - L(G(z))), 0, 1), k_0 = 0. Returns, per iteration,
+    ``m_global`` (the convergence measure L(x) + |gamma L(x) - L(G(z))|), ``k`` (k_{t+1}),
+    ``loss_real`` (L(x)) and ``loss_fake`` (L(G(z))). L is in [0, 1] pixel units, half the
+    reference's [-1, 1] units, so k moves at half its rate for the same lambda_k.
+    """
+    device = next(G.parameters()).device
+    opt_g = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), lr=lr, betas=(0.5, 0.999))
+    g = torch.Generator().manual_seed(seed)
+    g_dev = torch.Generator(device=device).manual_seed(seed + 1)
+    d_params, g_params = list(D.parameters()), list(G.parameters())
+    k = 0.0
+    hist = {"m_global": [], "k": [], "loss_real": [], "loss_fake": []}
+    G.train(), D.train()
+    bar = tqdm(range(iters), desc="BEGAN", disable=not progress)
+    for _ in bar:
+        real = x[torch.randint(len(x), (batch_size,), generator=g)].to(device)
+        fake = G(G.sample_latent(batch_size, generator=g_dev, device=device))
+        loss_real, loss_fake = _reconstruction_loss(D, real), _reconstruction_loss(D, fake)
+        opt_d.zero_grad(set_to_none=True)
+        opt_g.zero_grad(set_to_none=True)
+        # As in the reference, both players step from the same forward pass: each loss is
+        # differentiated only with respect to its own player's parameters.
+        (loss_real - k * loss_fake).backward(inputs=d_params, retain_graph=True)
+        loss_fake.backward(inputs=g_params)
+        opt_d.step()
+        opt_g.step()
+        balance = gamma * loss_real.item() - loss_fake.item()
+        k = min(max(k + lambda_k * balance, 0.0), 1.0)  # proportional control of the balance
+        hist["m_global"].append(loss_real.item() + abs(balance))
+        hist["k"].append(k)
+        hist["loss_real"].append(loss_real.item())
+        hist["loss_fake"].append(loss_fake.item())
+        bar.set_postfix(M=f"{hist['m_global'][-1]:.4f}", k=f"{k:.4f}")
+    G.eval(), D.eval()
+    return hist

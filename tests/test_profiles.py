@@ -39,7 +39,8 @@ def test_a_profile_object_passes_through():
 
 def test_budgets_grow_from_smoke_to_paper():
     s, m, p = PROFILES["smoke"], PROFILES["standard"], PROFILES["paper"]
-    for field in ("n_test", "classifier_epochs", "vae_epochs", "gan_iters", "proj_steps", "n_attack"):
+    for field in ("n_test", "classifier_epochs", "vae_epochs", "gan_iters", "proj_steps", "n_attack",
+                  "minmax_n", "minmax_steps", "at_steps", "at_pair_steps", "pgd_at_attack_steps"):
         assert getattr(s, field) <= getattr(m, field) <= getattr(p, field), field
         assert getattr(s, field) < getattr(p, field), field
 
@@ -112,3 +113,21 @@ def test_real_cuda_is_picked_by_auto():
     assert resolve_device("auto").type == "cuda"
     assert resolve_device("cuda").type == "cuda"
     assert get_profile("auto").name == "paper"
+
+
+def test_every_field_is_read_somewhere():
+    """The profile promises that every field is read by some chapter or library function."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    sources = [p.read_text() for p in sorted(root.glob("notebooks/*.py"))]
+    sources += [p.read_text() for p in sorted(root.glob("rmd_lib/**/*.py"))
+                if p.name != "profiles.py"]
+    text = "\n".join(sources)
+    unread = [f.name for f in dataclasses.fields(Profile)
+              if f.name not in ("name", "extra")
+              and not re.search(rf"\.{f.name}\b|\b{f.name}=|[\"']{f.name}[\"']", text)
+              # read by a name built in an f-string, as getattr(P, f"adaptive_drop_{norm}")
+              and f.name.rsplit("_", 1)[0] + "_{" not in text]
+    assert not unread, f"profile fields nothing reads: {unread}"

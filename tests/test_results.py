@@ -148,12 +148,95 @@ def check_adaptive_attacks(res: dict) -> None:
         assert row["worst case, all attacks"] <= row["adaptive"] + 1e-12, row
 
 
+def _share(v) -> bool:
+    return v is None or 0.0 <= v <= 1.0  # None: undefined (no valid pair to take a share of)
+
+
+def check_overpowered_attack(res: dict) -> None:
+    head, tables = res["headline"], res["tables"]["pairs"]
+    assert tables, "no pair tables"
+    for name, rows in tables.items():
+        eps = [r["eps"] for r in rows]
+        assert eps == sorted(eps) and len(eps) >= 2 and eps[0] > 0, eps
+        for r in rows:
+            for c in ("valid", "valid and different", "different among valid"):
+                assert _share(r[c]), f"{name}: {c} = {r[c]} is not a share (row {r})"
+            # a success is a valid pair classified differently: never more than the valid ones
+            assert r["valid and different"] <= r["valid"] + 1e-12, r
+            assert r["mean divergence (valid)"] is None or r["mean divergence (valid)"] >= 0, r
+            assert head[f"{name}_eps{r['eps']:g}_success"] == r["valid and different"]
+        assert 0.0 <= head[f"{name}_neighbour_success"] <= 1.0
+    for row in res["tables"]["inc_check"]:
+        assert row["successful pairs checked"] >= 0
+        for c in ("INC labels them differently", "INC keeps both labels"):
+            assert _share(row[c]), row
+
+
+def check_manifold_training(res: dict) -> None:
+    head, tables = res["headline"], res["tables"]["comparison"]
+    assert tables, "no comparison tables"
+    for name, rows in tables.items():
+        assert [r["classifier"] for r in rows] == ["standard", "manifold", "PGD"], rows
+        for r in rows:
+            _accuracies([r], ("clean", "white-box PGD", "INC clean", "INC worst case"))
+            attacks = ("INC FGSM (transfer)", "INC PGD (transfer)", "INC tangent BPDA+EOT")
+            _accuracies([r], attacks)
+            assert r["INC worst case"] <= min(r[a] for a in attacks) + 1e-12, r
+            assert _share(r["pairs: valid and different"]) and _share(r["path uncertain"]), r
+            assert r["path max slope"] >= 0, r
+        for label in ("standard", "manifold", "pgd"):
+            assert 0.5 < head[f"{name}_{label}_clean"] <= 1.0, f"{name} {label}: clean accuracy"
+        models = res["provenance"]["models"]
+        for method in ("manifold", "pgd"):
+            assert models.get(f"classifier_{method}_{name}"), f"no provenance for {method} ({name})"
+
+
+def check_faces(res: dict) -> None:
+    head, tables = res["headline"], res["tables"]
+    data, sources = tables["data"], res["provenance"]["data_source"]
+    # The stand-in is labelled as one everywhere, and never called CelebA.
+    assert head["stand_in"] == float(data["stand_in"]), (head["stand_in"], data)
+    if data["stand_in"]:
+        assert "celeba" not in data["name"].lower() and "standin" in data["name"], data
+        assert data["source"].startswith("stand-in for CelebA"), data
+        assert all(v.startswith("stand-in") for v in sources.values()), sources
+    else:
+        assert data["name"] == "celeba" and data["source"].startswith("CelebA"), data
+    _accuracies(tables["fgsm"], ("classifier", "INC"))
+    _accuracies(tables["cw"], ("classifier", "INC", "found"))
+    _accuracies(tables["substitute"], ("substitute", "classifier", "INC"))
+    assert 0.5 <= head["classifier_clean"] <= 1.0, "a two-class classifier below chance"
+    assert 0 < head["projection_median_mse"] < 1
+    assert [r["classifier"] for r in tables["adversarial_training"]] == ["standard", "manifold-trained"]
+    for row in tables["adversarial_training"]:
+        assert row["valid and different"] <= row["valid"] + 1e-12, row
+
+
+def check_deep_image_prior(res: dict) -> None:
+    head, tables = res["headline"], res["tables"]
+    assert res["provenance"]["data_source"].get("imagenet"), "no image source recorded"
+    assert "EfficientNet" in tables["classifier"] or "ResNet" in tables["classifier"], tables["classifier"]
+    _accuracies(tables["bim"], ("classifier",))
+    steps = [r["steps"] for r in tables["curve"]]
+    assert steps == sorted(steps) and head["dip_stop"] in steps, (steps, head["dip_stop"])
+    for row in tables["curve"]:
+        _accuracies([row], [c for c in row if c != "steps" and not c.endswith("MSE to clean")])
+        assert all(row[c] >= 0 for c in row if c.endswith("MSE to clean")), row
+    _accuracies(tables["table"], ("unprotected", "DIP-protected"))
+    _accuracies(tables["bpda"], ("DIP-protected, BIM on the classifier", "DIP-protected, BPDA"))
+    assert len(tables["bpda"]) == len(tables["bim"]) == len(tables["table"]) - 1
+
+
 CHAPTER_CHECKS: dict[str, Callable[[dict], None]] = {
     "generative_models": check_generative_models,
     "invert_and_classify": check_invert_and_classify,
     "white_box_attacks": check_white_box_attacks,
     "substitute_attacks": check_substitute_attacks,
     "adaptive_attacks": check_adaptive_attacks,
+    "overpowered_attack": check_overpowered_attack,
+    "manifold_training": check_manifold_training,
+    "faces": check_faces,
+    "deep_image_prior": check_deep_image_prior,
 }
 
 

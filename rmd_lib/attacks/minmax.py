@@ -60,12 +60,29 @@ class MinMaxPairs:
         """Valid pairs whose two images are classified differently: (N,) bool."""
         return self.valid & self.different
 
+    def summary(self) -> dict[str, float]:
+        """Shares of valid pairs, of successes and of differently classified pairs among the
+        valid ones, the mean divergence over valid pairs (NaN when none is valid) and the mean
+        number of steps a pair ran."""
+        valid, any_valid = self.valid, bool(self.valid.any())
+        nan = float("nan")
+        return {"valid": float(valid.float().mean()),
+                "valid and different": float(self.success.float().mean()),
+                "different among valid": float(self.different[valid].float().mean()) if any_valid else nan,
+                "mean divergence (valid)": float(self.divergence[valid].mean()) if any_valid else nan,
+                "mean steps": float(self.steps.float().mean())}
+
+
+def _beats(diff_a, div_a, diff_b, div_b) -> torch.Tensor:
+    # Pair state a is better than b: labels that differ first, then the larger divergence.
+    return (diff_a & ~diff_b) | ((diff_a == diff_b) & (div_a > div_b))
+
 
 def minmax_pairs(G: nn.Module, C: nn.Module, eps: float, n: int = 256, *, steps: int = 200,
                  lr: float = 0.05, lam_init: float = 1.0, lam_rate: float = 1.0,
                  latent_penalty: float = 1e-3, kind: str = "sym_kl",
                  z1: torch.Tensor | None = None, init_scale: float = 0.1,
-                 early_stop: bool = True, seed: int | None = 0,
+                 early_stop: bool = True, keep_best: bool = True, seed: int | None = 0,
                  generator: torch.Generator | None = None,
                  progress: bool = False) -> MinMaxPairs:
     """Search ``n`` pairs (z1, z2) with ||G(z1) - G(z2)||_2 <= eps whose classifications by C
@@ -75,6 +92,9 @@ def minmax_pairs(G: nn.Module, C: nn.Module, eps: float, n: int = 256, *, steps:
     prior and z2 at z1 plus ``init_scale`` times prior noise. Passing ``z1`` (n, d), e.g.
     the inversions of real test images, fixes it: only z2 moves, and the pairs are manifold
     neighbours of those images. ``kind`` is the divergence (see :func:`divergence`).
+    With ``keep_best``, a pair ends at the most divergent valid iterate it visited (if it
+    visited one) rather than at its last, which may have drifted out of the budget; an
+    iterate whose labels differ beats one whose labels agree, whatever their divergences.
     """
     eps = check_eps(eps)
     steps = check_positive_int(steps, "steps")
@@ -102,6 +122,10 @@ def minmax_pairs(G: nn.Module, C: nn.Module, eps: float, n: int = 256, *, steps:
     lam = torch.full((n,), float(lam_init), device=device)
     ran = torch.zeros(n, dtype=torch.long, device=device)
     live = torch.arange(n, device=device)  # pairs still searching; finished ones leave the batch
+    # the best valid iterate of each pair: whether its labels differed, and its divergence
+    best = torch.full((n,), -math.inf, device=device)
+    best_diff = torch.zeros(n, dtype=torch.bool, device=device)
+    best_z = [z.clone() for z in moved]
     b1, b2 = 0.9, 0.999
     for t in tqdm(range(steps), desc="min-max pairs", disable=not progress):
         req = [z[live].requires_grad_(True) for z in moved]
@@ -115,6 +139,13 @@ def minmax_pairs(G: nn.Module, C: nn.Module, eps: float, n: int = 256, *, steps:
                     + latent_penalty * prior)
             grads = torch.autograd.grad(loss.sum(), req)
         with torch.no_grad():
+            if keep_best:  # the iterate just evaluated, before this step moves it
+                div, diff = divergence(la, lb, kind), la.argmax(1) != lb.argmax(1)
+                better = (dist <= eps) & _beats(diff, div, best_diff[live], best[live])
+                rows_b = live[better]
+                best[rows_b], best_diff[rows_b] = div[better], diff[better]
+                for i, z in enumerate(req):
+                    best_z[i][rows_b] = z.detach()[better]
             go = torch.ones_like(dist, dtype=torch.bool)
             if early_stop:  # valid and classified differently: this pair is found
                 go = ~((dist <= eps) & (la.argmax(1) != lb.argmax(1)))
@@ -132,6 +163,16 @@ def minmax_pairs(G: nn.Module, C: nn.Module, eps: float, n: int = 256, *, steps:
             live = rows
             if live.numel() == 0:
                 break
+    with torch.no_grad():
+        if keep_best:  # a pair's final iterate unless a valid one diverged more
+            xa, xb = G(z1 if fixed else moved[0]), G(moved[-1])
+            la, lb = C(xa), C(xb)
+            final_ok = (xa - xb).flatten(1).norm(dim=1) <= eps
+            final_better = final_ok & ~_beats(best_diff, best, la.argmax(1) != lb.argmax(1),
+                                              divergence(la, lb, kind))
+            use = torch.isfinite(best) & ~final_better
+            for i in range(len(moved)):
+                moved[i][use] = best_z[i][use]
     z2 = moved[0] if fixed else moved[1]
     if not fixed:
         z1 = moved[0]

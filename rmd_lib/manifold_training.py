@@ -1,0 +1,292 @@
+"""Adversarial training on the manifold (Ilyas et al. 2017), its PGD baseline (Madry et al.
+2018), and the measurements that compare them: pair statistics and confidence along paths.
+
+Both training loops fine-tune a classifier that is already trained, on the same images, for
+the same number of optimiser steps, so that they differ only in what they add to the loss:
+
+- on the manifold, the divergence between the classifier's outputs on min-max pairs
+  ``(G(z1), G(z2))``, searched against the current classifier and renewed every
+  ``regen_every`` steps; only pairs that respect the budget count, each one masked on its own;
+- PGD training replaces each batch by its PGD adversarial examples.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from safetensors import safe_open
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from .attacks import divergence, minmax_pairs, pgd
+from .attacks.first_order import NORMS
+from .checks import check_eps, check_positive_int, model_device
+from .data import default_data_dir
+from .training import load_checkpoint, save_checkpoint, set_seed
+
+__all__ = ["pair_loss", "manifold_adversarial_training", "pgd_adversarial_training",
+           "robust_classifier", "finetune_config", "METHODS",
+           "pair_statistics", "confidence_path", "path_endpoints", "PathStats", "path_statistics"]
+
+
+def pair_loss(classifier: nn.Module, x1: torch.Tensor, x2: torch.Tensor, valid: torch.Tensor,
+              kind: str = "sym_kl") -> torch.Tensor:
+    """Mean divergence of ``classifier`` over the valid pairs only: each pair's divergence is
+    masked before the sum, and the sum is divided by the number of valid pairs (zero, with a
+    zero gradient, when none is valid). Summing first and masking after, as the authors' code
+    did, lets invalid pairs into the loss."""
+    if not (len(x1) == len(x2) == len(valid)):
+        raise ValueError(f"x1, x2 and valid must have one row per pair; got {len(x1)}, "
+                         f"{len(x2)} and {len(valid)}.")
+    if valid.dtype != torch.bool:
+        raise TypeError(f"valid must be a bool mask, got dtype {valid.dtype}.")
+    per_pair = divergence(classifier(x1), classifier(x2), kind)
+    mask = valid.to(per_pair.device)
+    return torch.where(mask, per_pair, torch.zeros_like(per_pair)).sum() / mask.sum().clamp(min=1)
+
+
+def _check_training(net, x, y, steps, batch_size):
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}.")
+    if x.ndim != 4 or len(x) != len(y):
+        raise ValueError(f"x must be (N, C, H, W) images with one label each in y; got x "
+                         f"{tuple(x.shape)} and y {tuple(y.shape)}.")
+    return check_positive_int(steps, "steps"), check_positive_int(batch_size, "batch_size")
+
+
+def _batch_stream(n: int, batch_size: int, g: torch.Generator):
+    while True:  # shuffled passes, as many as the step count needs
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+            yield perm[i:i + batch_size]
+
+
+def manifold_adversarial_training(net: nn.Module, G: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                                  *, steps: int, eps: float, weight: float = 1.0,
+                                  regen_every: int = 10, n_pairs: int = 64,
+                                  pair_steps: int = 50, kind: str = "sym_kl",
+                                  batch_size: int = 128, lr: float = 1e-4, seed: int = 0,
+                                  progress: bool = True, **pair_options) -> dict[str, list]:
+    """Fine-tune ``net`` in place for ``steps`` Adam steps on
+
+        cross-entropy(net(x_batch), y_batch) + weight * mean over valid pairs of D(net(G(z1)), net(G(z2)))
+
+    where the ``n_pairs`` pairs come from :func:`~rmd_lib.attacks.minmax_pairs` (``pair_steps``
+    steps, budget ``eps``, divergence ``kind``; further keywords go to it) against the current
+    ``net``, renewed every ``regen_every`` steps. Returns the history: per step the
+    cross-entropy and the pair term, and per renewal the share of valid pairs.
+    """
+    steps, batch_size = _check_training(net, x, y, steps, batch_size)
+    eps = check_eps(eps)
+    regen_every = check_positive_int(regen_every, "regen_every")
+    device = model_device(net) or torch.device("cpu")
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    batches = _batch_stream(len(x), batch_size, g)
+    pair_options = {"early_stop": False, **pair_options}
+    hist = {"cross_entropy": [], "pair_divergence": [], "valid_pairs": []}
+    bar = tqdm(range(steps), desc="manifold adversarial training", disable=not progress)
+    for t in bar:
+        if t % regen_every == 0:
+            net.eval()
+            pairs = minmax_pairs(G, net, eps, n_pairs, steps=pair_steps, kind=kind,
+                                 seed=seed + 1 + t, **pair_options)
+            x1, x2, valid = pairs.x1.detach(), pairs.x2.detach(), pairs.valid
+            hist["valid_pairs"].append(float(valid.float().mean()))
+        net.train()
+        idx = next(batches)
+        ce = F.cross_entropy(net(x[idx].to(device)), y[idx].to(device))
+        term = pair_loss(net, x1, x2, valid, kind)
+        loss = ce + weight * term
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        hist["cross_entropy"].append(ce.item())
+        hist["pair_divergence"].append(term.item())
+        bar.set_postfix(ce=f"{ce.item():.3f}", pairs=f"{term.item():.3f}")
+    net.eval()
+    return hist
+
+
+def pgd_adversarial_training(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int,
+                             eps: float, norm: str = "l2", attack_steps: int = 40,
+                             batch_size: int = 128, lr: float = 1e-4, seed: int = 0,
+                             progress: bool = True) -> dict[str, list]:
+    """Madry et al.'s adversarial training: ``steps`` Adam steps of cross-entropy on the PGD
+    examples (``attack_steps`` steps, random start, budget ``eps`` in ``norm``) of each
+    batch, crafted against the current ``net``. Fine-tunes in place; returns the losses."""
+    steps, batch_size = _check_training(net, x, y, steps, batch_size)
+    eps = check_eps(eps)
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
+    device = model_device(net) or torch.device("cpu")
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    batches = _batch_stream(len(x), batch_size, g)
+    hist = {"cross_entropy": []}
+    bar = tqdm(range(steps), desc="PGD adversarial training", disable=not progress)
+    for t in bar:
+        idx = next(batches)
+        xb, yb = x[idx].to(device), y[idx].to(device)
+        net.eval()  # the attack sees the model as it is, without training-mode layers
+        x_adv = pgd(net, xb, yb, eps, norm=norm, steps=attack_steps, seed=seed + 1 + t)
+        net.train()
+        loss = F.cross_entropy(net(x_adv), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        hist["cross_entropy"].append(loss.item())
+        bar.set_postfix(ce=f"{loss.item():.3f}")
+    net.eval()
+    return hist
+
+
+def pair_statistics(G: nn.Module, classifier: nn.Module, eps: float, n: int, *, steps: int,
+                    seed: int = 0, kind: str = "sym_kl", **options) -> dict[str, float]:
+    """Search ``n`` min-max pairs against ``classifier`` with budget ``eps`` and return their
+    :meth:`~rmd_lib.attacks.MinMaxPairs.summary`, with ``eps``."""
+    pairs = minmax_pairs(G, classifier, eps, n, steps=steps, seed=seed, kind=kind, **options)
+    return {"eps": float(eps), **pairs.summary()}
+
+
+def confidence_path(G: nn.Module, classifier: nn.Module, z_a: torch.Tensor, z_b: torch.Tensor,
+                    n: int = 33) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classifier's softmax along straight latent paths: for P paths from ``z_a`` to
+    ``z_b`` (each (P, d)), the images (P, n, C, H, W) and probabilities (P, n, K) at ``n``
+    evenly spaced points, all paths in one batch."""
+    if z_a.shape != z_b.shape or z_a.ndim != 2:
+        raise ValueError(f"z_a and z_b must both be (P, d); got {tuple(z_a.shape)} and "
+                         f"{tuple(z_b.shape)}.")
+    n = check_positive_int(n, "n")
+    if n < 2:
+        raise ValueError("a path needs n >= 2 points.")
+    t = torch.linspace(0, 1, n, device=z_a.device).view(1, n, 1)
+    z = ((1 - t) * z_a.unsqueeze(1) + t * z_b.unsqueeze(1)).flatten(0, 1)
+    with torch.no_grad():
+        images = G(z)
+        probs = classifier(images).softmax(1)
+    P = len(z_a)
+    return images.view(P, n, *images.shape[1:]), probs.view(P, n, -1)
+
+
+def path_endpoints(z: torch.Tensor, y: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Endpoints of up to ``n`` latent paths between images of different classes: image i
+    and image i + 1 (cyclically) wherever their labels differ, in order. ``z`` (N, d) holds
+    the images' latents (e.g. their projections), ``y`` (N,) their labels."""
+    if z.ndim != 2 or len(z) != len(y):
+        raise ValueError(f"z must be (N, d) with one label per row in y; got z {tuple(z.shape)} "
+                         f"and y {tuple(y.shape)}.")
+    nxt = torch.roll(torch.arange(len(y), device=y.device), -1)
+    start = (y != y[nxt]).nonzero().flatten()[:check_positive_int(n, "n")]
+    if len(start) == 0:
+        raise ValueError("all images have the same label: no path crosses a class boundary.")
+    return z[start], z[nxt[start]]
+
+
+@dataclass
+class PathStats:
+    """How sharply a classifier's decision changes along paths: ``max_slope`` is the largest
+    change of the start class's probability between neighbouring points, per unit of path
+    (a step boundary gives n - 1, a linear ramp 1); ``uncertain`` is the share of points
+    where the top probability is below ``threshold``. Both are means over paths."""
+
+    max_slope: float
+    uncertain: float
+    threshold: float
+
+
+def path_statistics(probs: torch.Tensor, threshold: float = 0.9) -> PathStats:
+    """:class:`PathStats` of probabilities (P, n, K) from :func:`confidence_path`; the start
+    class of a path is the top class at its first point."""
+    if probs.ndim != 3 or probs.shape[1] < 2:
+        raise ValueError(f"probs must be (paths, points >= 2, classes), got {tuple(probs.shape)}.")
+    n = probs.shape[1]
+    start = probs[:, 0].argmax(1)
+    p = probs.gather(2, start.view(-1, 1, 1).expand(-1, n, 1)).squeeze(2)
+    slope = (p[:, 1:] - p[:, :-1]).abs().amax(1) * (n - 1)
+    uncertain = (probs.amax(2) < threshold).float().mean(1)
+    return PathStats(float(slope.mean()), float(uncertain.mean()), float(threshold))
+
+
+# ----------------------------------------------------------------------------------------
+# The two robust classifiers of a chapter, fine-tuned once and cached
+# ----------------------------------------------------------------------------------------
+
+METHODS = ("manifold", "pgd")
+
+
+def _weights_digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _stored_history(path) -> dict:
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return json.loads(meta.get("config", "{}")).get("history", {})
+
+
+def finetune_config(method: str, base: nn.Module, profile, seed: int, G: nn.Module | None = None) -> dict:
+    """Everything that determines a fine-tuned classifier, including digests of the weights
+    it starts from and of the generator its pairs come from; its hash names the cache entry."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    P = profile
+    cfg = {"method": method, "base": _weights_digest(base), "seed": seed, "steps": P.at_steps,
+           "batch_size": P.batch_size, "lr": P.at_lr, "format": 1}
+    if method == "manifold":
+        if G is None:
+            raise ValueError("manifold training needs the generator G its pairs come from.")
+        cfg.update(generator=_weights_digest(G), eps=P.at_eps, weight=P.at_weight,
+                   regen_every=P.at_regen_every, n_pairs=P.at_pairs, pair_steps=P.at_pair_steps)
+    else:
+        cfg.update(eps=P.pgd_at_eps, norm="l2", attack_steps=P.pgd_at_attack_steps)
+    return cfg
+
+
+def robust_classifier(method: str, base: nn.Module, dataset, profile, *, G: nn.Module | None = None,
+                      seed: int = 0, cache_dir=None, progress: bool = True,
+                      verbose: bool = True) -> nn.Module:
+    """A copy of ``base`` fine-tuned on ``dataset``'s training images by ``method``
+    (``"manifold"``: :func:`manifold_adversarial_training` on G's pairs; ``"pgd"``:
+    :func:`pgd_adversarial_training`) with the profile's settings. ``base`` is left as it
+    is. The result is cached under a hash of :func:`finetune_config`, so a second run loads
+    it; its ``provenance`` says which it was and its ``history`` holds the training losses,
+    stored with the weights."""
+    cfg = finetune_config(method, base, profile, seed, G)
+    key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+    path = Path(cache_dir or default_data_dir() / "cache") / f"classifier-{method}-{dataset.name}-{key}.safetensors"
+    net = copy.deepcopy(base)
+    history: dict = {}
+    if path.exists():
+        load_checkpoint(net, path)
+        history = _stored_history(path)
+        source = f"cache {path.name}"
+    else:
+        set_seed(seed)
+        P, x, y = profile, dataset.x_train, dataset.y_train
+        common = dict(steps=P.at_steps, batch_size=P.batch_size, lr=P.at_lr, seed=seed,
+                      progress=progress)
+        if method == "manifold":
+            history = manifold_adversarial_training(
+                net, G, x, y, eps=P.at_eps, weight=P.at_weight, regen_every=P.at_regen_every,
+                n_pairs=P.at_pairs, pair_steps=P.at_pair_steps, **common)
+        else:
+            history = pgd_adversarial_training(net, x, y, eps=P.pgd_at_eps, norm="l2",
+                                               attack_steps=P.pgd_at_attack_steps, **common)
+        save_checkpoint(net, path, {**cfg, "history": history})
+        source = f"trained now, cached as {path.name}"
+    net.eval()
+    net.provenance = source
+    net.history = history
+    if verbose:
+        print(f"{method}-trained classifier ({dataset.name}): {source}")
+    return net

@@ -1,0 +1,232 @@
+"""Adversarial training on the manifold, its PGD baseline, and the measurements of the
+chapter that compares them (rmd_lib.manifold_training)."""
+from __future__ import annotations
+
+import copy
+import types
+
+import pytest
+import torch
+from torch import nn
+
+from rmd_lib.attack_tables import pair_table
+from rmd_lib.attacks import divergence, minmax_pairs, pgd
+from rmd_lib.evaluation import accuracy
+from rmd_lib.manifold_training import (confidence_path, finetune_config,
+                                       manifold_adversarial_training, pair_loss,
+                                       pair_statistics, path_endpoints, path_statistics,
+                                       pgd_adversarial_training, robust_classifier)
+from rmd_lib.profiles import get_profile
+from rmd_lib.training import train_classifier
+
+
+def labelled_range(G, C, n=256, seed=0):
+    """n images of G's range with the labels C gives them: data that C fits exactly."""
+    z = G.sample_latent(n, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        x = G(z)
+        return x, C(x).argmax(1)
+
+
+def sharp_net(make_net, scale=8.0):
+    """A tiny MLP with scaled-up output weights: confident, with sharp boundaries."""
+    net = make_net()
+    with torch.no_grad():
+        net[-1].weight.mul_(scale)
+    return net
+
+
+def test_pair_loss_masks_each_invalid_pair_before_the_sum(make_net):
+    net = make_net()
+    g = torch.Generator().manual_seed(0)
+    x1, x2 = torch.rand(6, 1, 6, 6, generator=g), torch.rand(6, 1, 6, 6, generator=g)
+    valid = torch.tensor([True, False, True, False, False, True])
+    loss = pair_loss(net, x1, x2, valid)
+    grads = torch.autograd.grad(loss, list(net.parameters()))
+    # The same as the mean over the valid pairs alone: invalid ones add neither value nor gradient.
+    alone = divergence(net(x1[valid]), net(x2[valid])).mean()
+    grads_alone = torch.autograd.grad(alone, list(net.parameters()))
+    assert torch.allclose(loss, alone)
+    for a, b in zip(grads, grads_alone):
+        assert torch.allclose(a, b, atol=1e-6)
+    # Changing an invalid pair's images changes nothing.
+    x2_moved = x2.clone()
+    x2_moved[1] = 1 - x2_moved[1]
+    assert torch.allclose(pair_loss(net, x1, x2_moved, valid), loss)
+    # No valid pair: zero loss, zero gradient, no NaN.
+    none = pair_loss(net, x1, x2, torch.zeros(6, dtype=torch.bool))
+    assert none.item() == 0.0
+    assert all(torch.equal(gr, torch.zeros_like(gr))
+               for gr in torch.autograd.grad(none, list(net.parameters()), allow_unused=True)
+               if gr is not None)
+
+
+def test_pair_loss_bad_input(make_net):
+    net, x = make_net(), torch.rand(4, 1, 6, 6)
+    with pytest.raises(ValueError, match="one row per pair"):
+        pair_loss(net, x, x[:3], torch.ones(4, dtype=torch.bool))
+    with pytest.raises(TypeError, match="bool mask"):
+        pair_loss(net, x, x, torch.ones(4))
+
+
+def gap_problem(G, make_net, n=400):
+    """Two classes of G's range separated by a gap that holds no training image (|z_0| > 1,
+    labelled by the sign of z_0), as digits of two classes are, and a classifier trained on
+    them to 100%: confident on the data and free to be sharp in the gap."""
+    z = G.sample_latent(2000, generator=torch.Generator().manual_seed(0))
+    z = z[z[:, 0].abs() > 1.0][:n]
+    with torch.no_grad():
+        x = G(z)
+    y = (z[:, 0] > 0).long()
+    base = make_net(num_classes=2)
+    train_classifier(base, x, y, epochs=30, batch_size=64, lr=3e-3, progress=False)
+    return x, y, base
+
+
+def test_manifold_training_lowers_the_divergence_of_pairs_and_keeps_accuracy(tiny_generator, make_net):
+    G = tiny_generator
+    x, y, base = gap_problem(G, make_net)
+    assert accuracy(base, x, y) == 1.0
+    divergences = {}
+    for weight in (0.0, 1.0):  # weight 0: the same fine-tuning on the data alone, the control
+        net = copy.deepcopy(base)
+        hist = manifold_adversarial_training(net, G, x, y, steps=200, eps=0.5, weight=weight,
+                                             regen_every=10, n_pairs=32, pair_steps=30,
+                                             lr=3e-3, batch_size=64, seed=0, progress=False)
+        assert len(hist["cross_entropy"]) == 200 and len(hist["valid_pairs"]) == 20
+        assert min(hist["valid_pairs"]) > 0.5  # the pair term is not empty
+        assert not net.training
+        stats = pair_statistics(G, net, 0.5, 64, steps=60, seed=5, early_stop=False)
+        divergences[weight] = stats["mean divergence (valid)"]
+        assert accuracy(net, x, y) >= 0.98
+    before = pair_statistics(G, base, 0.5, 64, steps=60, seed=5, early_stop=False)
+    assert divergences[1.0] < 0.5 * before["mean divergence (valid)"]
+    assert divergences[1.0] < 0.2 * divergences[0.0]
+
+
+def test_manifold_training_is_deterministic(tiny_generator, make_net):
+    G = tiny_generator
+    x, y = labelled_range(G, make_net(), n=64)
+    nets = [make_net() for _ in range(2)]
+    for net in nets:
+        manifold_adversarial_training(net, G, x, y, steps=6, eps=1.0, regen_every=3,
+                                      n_pairs=8, pair_steps=5, batch_size=16, progress=False)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(nets[0].parameters(), make_net().parameters()))
+
+
+def test_pgd_training_raises_accuracy_under_pgd(tiny_generator, make_net):
+    G, base = tiny_generator, sharp_net(make_net)
+    x, y = labelled_range(G, base, n=512)
+    x_test, y_test = labelled_range(G, base, n=200, seed=1)
+    eps = 0.6
+
+    def robust(net):
+        return accuracy(net, pgd(net, x_test, y_test, eps, norm="l2", steps=10), y_test)
+
+    net = sharp_net(make_net)
+    hist = pgd_adversarial_training(net, x, y, steps=150, eps=eps, norm="l2", attack_steps=5,
+                                    batch_size=64, lr=3e-3, progress=False)
+    assert len(hist["cross_entropy"]) == 150
+    assert robust(net) > robust(base) + 0.1
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda net, G, x, y: manifold_adversarial_training(net, G, x[0], y, steps=1, eps=1.0), "must be"),
+    (lambda net, G, x, y: manifold_adversarial_training(net, G, x, y[:2], steps=1, eps=1.0), "one label"),
+    (lambda net, G, x, y: manifold_adversarial_training(net, G, x, y, steps=0, eps=1.0), "steps"),
+    (lambda net, G, x, y: pgd_adversarial_training(net, x, y, steps=1, eps=1.0, norm="l1"), "norm"),
+    (lambda net, G, x, y: pgd_adversarial_training("net", x, y, steps=1, eps=1.0), "nn.Module"),
+])
+def test_training_bad_input(tiny_generator, make_net, call, match):
+    x, y = torch.rand(8, 1, 6, 6), torch.zeros(8, dtype=torch.long)
+    with pytest.raises((ValueError, TypeError), match=match):
+        call(make_net(), tiny_generator, x, y)
+
+
+def test_confidence_path_runs_from_a_to_b(tiny_generator, make_net):
+    G, C = tiny_generator, make_net()
+    z_a, z_b = torch.randn(3, 4), torch.randn(3, 4)
+    images, probs = confidence_path(G, C, z_a, z_b, n=5)
+    assert images.shape == (3, 5, 1, 6, 6) and probs.shape == (3, 5, 3)
+    with torch.no_grad():
+        assert torch.allclose(probs[:, 0], C(G(z_a)).softmax(1), atol=1e-6)
+        assert torch.allclose(probs[:, -1], C(G(z_b)).softmax(1), atol=1e-6)
+        assert torch.allclose(images[:, 2], G((z_a + z_b) / 2), atol=1e-6)
+    assert torch.allclose(probs.sum(2), torch.ones(3, 5))
+    with pytest.raises(ValueError, match="both be"):
+        confidence_path(G, C, z_a, z_b[:2])
+    with pytest.raises(ValueError, match="n >= 2"):
+        confidence_path(G, C, z_a, z_b, n=1)
+
+
+def test_path_statistics_tell_a_step_from_a_ramp():
+    n = 11
+    t = torch.linspace(0, 1, n)
+    ramp = torch.stack([1 - t, t], dim=1).unsqueeze(0)           # (1, n, 2)
+    step = torch.zeros(1, n, 2)
+    step[0, :6, 0], step[0, 6:, 1] = 1.0, 1.0
+    assert path_statistics(ramp).max_slope == pytest.approx(1.0, abs=1e-5)
+    assert path_statistics(step).max_slope == pytest.approx(n - 1)
+    assert path_statistics(step).uncertain == 0.0
+    # The ramp's top probability is below 0.9 where t lies in (0.1, 0.9): 7 of 11 points
+    # (t = 0.1 and 0.9 give exactly 0.9, which is not below it).
+    assert path_statistics(ramp).uncertain == pytest.approx(7 / 11, abs=1e-6)
+    with pytest.raises(ValueError, match="paths, points"):
+        path_statistics(torch.zeros(4, 2))
+
+
+def test_path_endpoints_pair_neighbours_of_different_classes():
+    z = torch.arange(12.0).view(6, 2)
+    y = torch.tensor([0, 0, 1, 1, 2, 0])
+    z_a, z_b = path_endpoints(z, y, 10)
+    # Differing neighbours: (1, 2), (3, 4), (4, 5); (5, 0) has the same label.
+    assert torch.equal(z_a, z[[1, 3, 4]]) and torch.equal(z_b, z[[2, 4, 5]])
+    assert len(path_endpoints(z, y, 2)[0]) == 2
+    with pytest.raises(ValueError, match="same label"):
+        path_endpoints(z, torch.zeros(6, dtype=torch.long), 3)
+
+
+def test_pair_table_and_summary(tiny_generator, make_net):
+    G, C = tiny_generator, sharp_net(make_net)
+    rows, searches = pair_table(G, C, [0.2, 2.0], 32, steps=40, seed=1)
+    assert [r["eps"] for r in rows] == [0.2, 2.0] and set(searches) == {0.2, 2.0}
+    for r in rows:
+        p = searches[r["eps"]]
+        assert r["valid"] == pytest.approx(float(p.valid.float().mean()))
+        assert r["valid and different"] == pytest.approx(float((p.valid & p.different).float().mean()))
+        assert r["mean divergence (valid)"] == pytest.approx(float(p.divergence[p.valid].mean()))
+    assert rows[1]["valid and different"] >= rows[0]["valid and different"]
+    stats = pair_statistics(G, C, 2.0, 32, steps=40, seed=1)
+    assert stats == {"eps": 2.0, **rows[1]}
+    # No valid pair: the divergence and the share among valid pairs are undefined (NaN).
+    never = minmax_pairs(G, C, 1e-9, 4, steps=1, seed=0, init_scale=1.0).summary()
+    assert never["valid"] == 0.0 and never["mean divergence (valid)"] != never["mean divergence (valid)"]
+
+
+def test_robust_classifier_trains_once_then_loads_the_same_weights(tmp_path, tiny_generator, make_net):
+    G, base = tiny_generator, make_net()
+    x, y = labelled_range(G, base, n=64)
+    data = types.SimpleNamespace(name="toy", x_train=x, y_train=y)
+    P = get_profile("smoke").with_(at_steps=3, at_regen_every=2, at_pairs=4, at_pair_steps=3,
+                                   pgd_at_attack_steps=2, batch_size=16)
+    before = [p.clone() for p in base.parameters()]
+    for method in ("manifold", "pgd"):
+        first = robust_classifier(method, base, data, P, G=G, cache_dir=tmp_path, progress=False)
+        again = robust_classifier(method, base, data, P, G=G, cache_dir=tmp_path, progress=False)
+        assert first.provenance.startswith("trained now") and again.provenance.startswith("cache")
+        assert first.history["cross_entropy"] and again.history == first.history
+        for a, b in zip(first.parameters(), again.parameters()):
+            assert torch.equal(a, b)
+    assert all(torch.equal(a, b) for a, b in zip(before, base.parameters()))  # base untouched
+    assert len(list(tmp_path.glob("classifier-*-toy-*.safetensors"))) == 2
+    # Anything that changes the result changes the cache key.
+    cfg = finetune_config("manifold", base, P, 0, G)
+    assert finetune_config("manifold", base, P.with_(at_weight=2.0), 0, G) != cfg
+    assert finetune_config("manifold", base, P, 1, G) != cfg
+    assert finetune_config("manifold", make_net(seed=3), P, 0, G) != cfg
+    with pytest.raises(ValueError, match="needs the generator"):
+        finetune_config("manifold", base, P, 0)
+    with pytest.raises(ValueError, match="method must be one of"):
+        finetune_config("trades", base, P, 0, G)
