@@ -224,7 +224,9 @@ def check_deep_image_prior(res: dict) -> None:
         assert all(row[c] >= 0 for c in row if c.endswith("MSE to clean")), row
     _accuracies(tables["table"], ("unprotected", "DIP-protected"))
     _accuracies(tables["bpda"], ("DIP-protected, BIM on the classifier", "DIP-protected, BPDA"))
-    assert len(tables["bpda"]) == len(tables["bim"]) == len(tables["table"]) - 1
+    assert len(tables["bim"]) == len(tables["table"]) - 1 and tables["bpda"], tables["bpda"]
+    budgets = {r["eps (x255)"] for r in tables["bim"]}
+    assert {r["eps (x255)"] for r in tables["bpda"]} <= budgets, "BPDA at a budget BIM did not use"
 
 
 CHAPTER_CHECKS: dict[str, Callable[[dict], None]] = {
