@@ -187,6 +187,11 @@ def bench_dip(n: int = 4, size: int = 64, steps: int = 100, width: int = 32, dep
             "goals": {"batched no slower than the loop": ratio >= 1.0}}
 
 
+def _print_goals(report: dict) -> None:
+    for goal, ok in report["goals"].items():
+        print(f"[{'met' if ok else 'NOT met'}] {goal}")
+
+
 def _print_dip(report: dict) -> None:
     print(f"Deep Image Prior on {report['n']} offline ImageNet photos ({report['size']}x{report['size']}), "
           f"{report['steps']} steps, width {report['width']}, depth {report['depth']}, "
@@ -196,8 +201,7 @@ def _print_dip(report: dict) -> None:
         print(f"{k:8s} {r['seconds']:7.1f} s: {r['images_per_min']:7.1f} images/min, "
               f"final MSE {', '.join(f'{m:.4f}' for m in r['mse'])}")
     print(f"speed-up {report['speedup']:.2f}x")
-    for goal, ok in report["goals"].items():
-        print(f"[{'met' if ok else 'NOT met'}] {goal}")
+    _print_goals(report)
 
 
 def _print_minmax(report: dict) -> None:
@@ -208,8 +212,7 @@ def _print_minmax(report: dict) -> None:
         print(f"{k:8s} {r['pairs']:4d} pairs in {r['seconds']:7.1f} s: {r['pairs_per_s']:7.2f} pairs/s, "
               f"valid and differently classified {r['success']:.3f}")
     print(f"speed-up {report['speedup']:.1f}x")
-    for goal, ok in report["goals"].items():
-        print(f"[{'met' if ok else 'NOT met'}] {goal}")
+    _print_goals(report)
 
 
 def _print(report: dict) -> None:
@@ -219,8 +222,7 @@ def _print(report: dict) -> None:
     for name, m in report["methods"].items():
         print(f"{name:42s} {m['images_per_s']:8.1f} {m['median_mse']:11.5f} {m['p90_mse']:9.5f}"
               + ("" if m["n_images"] == report["n"] else f"   ({m['n_images']} images)"))
-    for goal, ok in report["goals"].items():
-        print(f"[{'met' if ok else 'NOT met'}] {goal}")
+    _print_goals(report)
 
 
 def main(argv=None) -> int:
