@@ -62,3 +62,17 @@ def test_chapter_name_drops_the_number_prefix():
     assert run_notebooks.chapter_name(Path("12_a_b.ipynb")) == "a_b"
     assert run_notebooks.chapter_name(Path("appendix.ipynb")) == "appendix"
 
+
+
+def test_pages_workflow_builds_with_the_readme_command():
+    """The published site is built the way the README tells a reader to build it."""
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    flow = yaml.safe_load((root / ".github/workflows/pages.yml").read_text())
+    runs = [step.get("run", "") for step in flow["jobs"]["build"]["steps"]]
+    assert "make book" in runs, runs
+    assert "make book" in (root / "README.md").read_text()
+    uploads = [s for s in flow["jobs"]["build"]["steps"] if "upload-pages-artifact" in s.get("uses", "")]
+    assert uploads and uploads[0]["with"]["path"] == "_build/html"
+    assert "_build/html" in (root / "Makefile").read_text()
