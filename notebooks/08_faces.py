@@ -58,6 +58,8 @@ seed = 0
 device = "auto"       # "auto", "cpu" or "cuda"
 dataset = "auto"      # "auto": CelebA if a copy is found, else the stand-in; "celeba"; "standin"
 celeba_dir = None     # None: $RMD_CELEBA_DIR, else <data_dir>/celeba
+began_checkpoint = None  # a BEGAN state dict (path, or URL with began_sha256) instead of training
+began_sha256 = None
 data_dir = None       # None: $RMD_DATA_DIR, else data/; where the stand-in's data is found
 results_dir = None    # None: the repository's results/ folder
 cache_dir = None      # None: <data_dir>/cache; trained models are reused from here
@@ -112,12 +114,15 @@ display(Markdown(
 # narrower one at a lower resolution (`P.began_width`, `P.began_resolution`).
 #
 # The classifier is the book's small convnet (two conv/max-pool blocks and two dense layers),
-# here with two outputs. Both are trained once and then loaded from the cache.
+# here with two outputs. Both are trained once and then loaded from the cache. A BEGAN
+# trained elsewhere (for instance on CelebA, on a GPU) loads through `began_checkpoint`: a
+# local file, or a URL together with its SHA-256 in `began_sha256`.
 
 # %%
 with run.timer("training"):
     clf = pretrained_or_train("classifier", data, P, seed=seed, device=dev, cache_dir=cache_dir)
-    G = pretrained_or_train("began", data, P, seed=seed, device=dev, cache_dir=cache_dir)
+    G = pretrained_or_train("began", data, P, seed=seed, device=dev, cache_dir=cache_dir,
+                            checkpoint=began_checkpoint, sha256=began_sha256)
 run.record_model("classifier", clf)
 run.record_model("began", G)
 x_test, y_test = data.x_test.to(dev), data.y_test.to(dev)
