@@ -76,7 +76,7 @@ from rmd_lib.data import dataset_names
 from rmd_lib.evaluation import accuracy, markdown_table, start_run
 from rmd_lib.experiment import prepare
 from rmd_lib.manifold_training import (confidence_path, path_endpoints, path_statistics,
-                                       robust_classifier)
+                                       robust_classifier, start_class_probability)
 from rmd_lib.plotting import image_grid, set_style
 
 set_style()
@@ -204,20 +204,17 @@ with run.timer("evaluation"):
 
 # %%
 fig, axes = plt.subplots(len(names), 4, figsize=(13, 3 * len(names)), squeeze=False)
-t = torch.linspace(0, 1, 33)
 for i, name in enumerate(names):
+    start_p = {label: start_class_probability(paths[name][label]).cpu() for label in CLASSIFIERS}
+    t = torch.linspace(0, 1, start_p["standard"].shape[1])
     for j in range(3):
         ax = axes[i][j]
         for k, label in enumerate(CLASSIFIERS):
-            probs = paths[name][label][j].cpu()
-            ax.plot(t, probs[:, probs[0].argmax()], color=f"C{k}", label=label)
+            ax.plot(t, start_p[label][j], color=f"C{k}", label=label)
         ax.set_ylim(-0.02, 1.02), ax.set_xlabel("t"), ax.set_title(f"{name}, path {j + 1}")
     ax = axes[i][3]
     for k, label in enumerate(CLASSIFIERS):
-        probs = paths[name][label].cpu()
-        start = probs[:, 0].argmax(1)
-        p = probs.gather(2, start.view(-1, 1, 1).expand(-1, probs.shape[1], 1)).squeeze(2)
-        ax.plot(t, p.mean(0), color=f"C{k}", label=label)
+        ax.plot(t, start_p[label].mean(0), color=f"C{k}", label=label)
     ax.set_ylim(-0.02, 1.02), ax.set_xlabel("t"), ax.set_title(f"{name}: mean over paths")
     axes[i][0].set_ylabel("probability of the start class")
 axes[0][3].legend(fontsize=8)

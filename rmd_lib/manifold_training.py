@@ -31,7 +31,7 @@ from .training import load_checkpoint, save_checkpoint, set_seed
 
 __all__ = ["pair_loss", "manifold_adversarial_training", "pgd_adversarial_training",
            "robust_classifier", "finetune_config", "METHODS",
-           "pair_statistics", "confidence_path", "path_endpoints", "PathStats", "path_statistics"]
+           "pair_statistics", "confidence_path", "path_endpoints", "start_class_probability", "PathStats", "path_statistics"]
 
 
 def pair_loss(classifier: nn.Module, x1: torch.Tensor, x2: torch.Tensor, valid: torch.Tensor,
@@ -200,14 +200,19 @@ class PathStats:
     threshold: float
 
 
-def path_statistics(probs: torch.Tensor, threshold: float = 0.9) -> PathStats:
-    """:class:`PathStats` of probabilities (P, n, K) from :func:`confidence_path`; the start
-    class of a path is the top class at its first point."""
+def start_class_probability(probs: torch.Tensor) -> torch.Tensor:
+    """Along each path of probabilities (P, n, K) from :func:`confidence_path`, the
+    probability of the path's start class (the top class at its first point): (P, n)."""
     if probs.ndim != 3 or probs.shape[1] < 2:
         raise ValueError(f"probs must be (paths, points >= 2, classes), got {tuple(probs.shape)}.")
-    n = probs.shape[1]
     start = probs[:, 0].argmax(1)
-    p = probs.gather(2, start.view(-1, 1, 1).expand(-1, n, 1)).squeeze(2)
+    return probs.gather(2, start.view(-1, 1, 1).expand(-1, probs.shape[1], 1)).squeeze(2)
+
+
+def path_statistics(probs: torch.Tensor, threshold: float = 0.9) -> PathStats:
+    """:class:`PathStats` of probabilities (P, n, K) from :func:`confidence_path`."""
+    p = start_class_probability(probs)
+    n = probs.shape[1]
     slope = (p[:, 1:] - p[:, :-1]).abs().amax(1) * (n - 1)
     uncertain = (probs.amax(2) < threshold).float().mean(1)
     return PathStats(float(slope.mean()), float(uncertain.mean()), float(threshold))

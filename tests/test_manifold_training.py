@@ -15,7 +15,8 @@ from rmd_lib.evaluation import accuracy
 from rmd_lib.manifold_training import (confidence_path, finetune_config,
                                        manifold_adversarial_training, pair_loss,
                                        pair_statistics, path_endpoints, path_statistics,
-                                       pgd_adversarial_training, robust_classifier)
+                                       pgd_adversarial_training, robust_classifier,
+                                       start_class_probability)
 from rmd_lib.profiles import get_profile
 from rmd_lib.training import train_classifier
 
@@ -175,6 +176,9 @@ def test_path_statistics_tell_a_step_from_a_ramp():
     assert path_statistics(ramp).uncertain == pytest.approx(7 / 11, abs=1e-6)
     with pytest.raises(ValueError, match="paths, points"):
         path_statistics(torch.zeros(4, 2))
+    # The start class is the first point's top class, followed along the path.
+    assert torch.allclose(start_class_probability(ramp)[0], 1 - t)
+    assert torch.allclose(start_class_probability(ramp.flip(2))[0], 1 - t)
 
 
 def test_path_endpoints_pair_neighbours_of_different_classes():
