@@ -58,6 +58,7 @@ from IPython.display import Markdown, display
 
 from rmd_lib.data import dataset_names, load_dataset
 from rmd_lib.evaluation import markdown_table, start_run
+from rmd_lib.explorers import latent_grid, latent_walk, latent_walk_figure
 from rmd_lib.plotting import image_grid, set_style
 from rmd_lib.projection import latent_path, project
 from rmd_lib.training import pretrained_or_train
@@ -211,6 +212,38 @@ for gname in generators:
               noi / own, ">", 1.0)
 run.write(headline, projection_errors=rows)
 run.assert_claims()
+
+# %% [markdown]
+# ## Explore: a plane through the VAE's latent space
+#
+# The interpolations above follow lines; the explorer covers a plane, the one through the
+# latents $z_0, z_1, z_2$ of the first three test images' projections:
+# $z = z_0 + a\,(z_1 - z_0) + b\,(z_2 - z_0)$. At $(a, b) = (0, 0)$, $(1, 0)$ and $(0, 1)$
+# it shows the three projections, inside the triangle mixtures of them. A classifier
+# trained on the same data (the one every later chapter uses) labels each image; the live
+# explorer also shows its class probabilities as bars. What to look for:
+#
+# - where the label changes, does the image change with it (one digit morphing into
+#   another), or does the classifier switch on an image that hardly changed? Places of the
+#   second kind are what the overpowered attack of {doc}`06_overpowered_attack` searches for;
+# - how confident the classifier is near a switch;
+# - outside the triangle ($a$ or $b$ below 0 or above 1) the latent moves away from the
+#   data, and the images degrade.
+#
+# The grid is decoded and classified once, in one batch; the figure shows every other point
+# of it, the live widget below it (in Jupyter or on Colab) all of them.
+
+# %%
+clf = pretrained_or_train("classifier", data, P, seed=seed, device=dev, cache_dir=cache_dir)
+z = proj["VAE"].z
+plane = torch.stack([z[1] - z[0], z[2] - z[0]])
+walk = latent_grid(vae.decoder, clf, origin=z[0], directions=plane, span=(-0.5, 1.5), n=9,
+                   classes=data.classes)
+latent_walk_figure(walk, n_show=5, title=f"{name}: the VAE's latent plane through three test images")
+plt.show()
+
+# %% tags=["remove-output"]
+display(latent_walk(walk, title=f"{name}: VAE latent walk"))
 
 # %% [markdown]
 # ## Exercises

@@ -74,6 +74,7 @@ from rmd_lib.attacks import bim, fgsm
 from rmd_lib.data import dataset_names
 from rmd_lib.evaluation import accuracy, attack_table, confidence, markdown_table, start_run
 from rmd_lib.experiment import prepare
+from rmd_lib.explorers import attack_explorer, attack_explorer_figure, attack_sweep
 from rmd_lib.plotting import image_grid, set_style
 from rmd_lib.projection import DEFENSE_GAN, EXHAUSTIVE, InvertAndClassify, project
 
@@ -245,6 +246,36 @@ for name in names:
 run.write(headline, attack_tables=tables,
           sweep={n: {**s, "curves": {str(R): c for R, c in s["curves"].items()}} for n, s in sweep.items()})
 run.assert_claims()
+
+# %% [markdown]
+# ## Explore: one image and one budget at a time
+#
+# The tables average over images; the explorer follows single ones. For the first few test
+# images it runs FGSM at each $\varepsilon$ of the table, crafted on the classifier as above,
+# and projects all the adversarial images in one batch with INC's own budget, so that moving
+# the slider only looks results up. What to look for:
+#
+# - the budget at which the classifier's label flips, and how confident it is then;
+# - whether $G(z^\ast)$ still looks like the original at that budget: that is the
+#   perturbation the projection removed;
+# - the budget at which the projection itself lands on another digit, where INC fails too.
+#
+# The figure shows the explorer's content for three images (first row of each pair: the
+# adversarial images and the classifier's label; second row: their projections and INC's
+# label). The live widget below it needs a running notebook, in Jupyter or on Colab.
+
+# %%
+n_explore = min(6, P.n_attack)  # images precomputed: len(EPS) x n_explore projections
+explore = {name: attack_sweep(inc[name], xa[name][:n_explore], ya[name][:n_explore], EPS,
+                              attack="fgsm", seed=seed, classes=data[name].classes)
+           for name in names}
+for name in names:
+    attack_explorer_figure(explore[name], images=3,
+                           title=f"{name}: FGSM on the classifier, and what INC classifies")
+    plt.show()
+
+# %% tags=["remove-output"]
+display(*(attack_explorer(explore[name], title=f"{name}: FGSM, eps slider") for name in names))
 
 # %% [markdown]
 # ## Exercises

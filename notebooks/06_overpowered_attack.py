@@ -75,6 +75,7 @@ from rmd_lib.attacks import minmax_pairs
 from rmd_lib.data import dataset_names
 from rmd_lib.evaluation import markdown_table, start_run
 from rmd_lib.experiment import prepare
+from rmd_lib.explorers import pair_explorer, pair_explorer_figure, pair_paths
 from rmd_lib.attack_tables import pair_table
 from rmd_lib.plotting import image_grid, set_style
 
@@ -242,6 +243,37 @@ for name in names:
                   ">=", 0.5)
 run.write(headline, pairs=tables, inc_check=list(inc_agree.values()))
 run.assert_claims()
+
+# %% [markdown]
+# ## Explore: from one image of a pair to the other
+#
+# The explorer takes the pairs found above at $\varepsilon$ = `EPS_SHOW` (the budget of the
+# figures), successes first and the most divergent first, and decodes the straight latent
+# path from $z_1$ to $z_2$ of each, all in one batch. Along the path it shows the image,
+# the classifier's label, and the probabilities of the two end labels. What to look for:
+#
+# - how little the image changes from one end to the other, against how much the
+#   classifier's output does: the divergence and the distance are both given;
+# - where on the path the label flips and how sharply the two probabilities cross: the
+#   crossing is the decision boundary cutting through the generator's range;
+# - whether the images in the middle are digits too: the range between $z_1$ and $z_2$ is
+#   as much "on the manifold" as the ends, so the boundary there is the classifier's, and
+#   no projection can move an input away from it.
+#
+# The figure shows the paths of the first four pairs; the live widget below it (in Jupyter
+# or on Colab) has a slider over the pairs and one along the path.
+
+# %%
+paths = {name: pair_paths(s.G, s.classifier, searches[name][EPS_SHOW], n_path=9, max_pairs=8,
+                          eps=EPS_SHOW, classes=s.data.classes)
+         for name, s in setups.items()}
+for name in names:
+    pair_explorer_figure(paths[name], n_pairs=4,
+                         title=f"{name}: latent paths of min-max pairs, $L_2$ budget {EPS_SHOW:g}")
+    plt.show()
+
+# %% tags=["remove-output"]
+display(*(pair_explorer(paths[name], title=f"{name}: min-max pairs") for name in names))
 
 # %% [markdown]
 # ## Exercises

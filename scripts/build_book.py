@@ -8,6 +8,17 @@ The book source (_config.yml, _toc.yml, book/, references.bib, notebooks/) is co
 ones and the jupytext ``.py`` twins are left out. Jupyter Book 1.x then renders the stored
 outputs without executing anything, and the HTML is copied to OUTDIR. ``--strict`` turns
 every Sphinx warning into an error (``-W -n --keep-going``).
+
+Also on the staged copy:
+- MathJax 3 from npm (``package.json``; ``npm ci`` fetches it when ``node_modules/`` is
+  missing) is copied into the site, so that math renders without the network. Without npm
+  the build falls back to MathJax's CDN and says so; ``--strict`` refuses that.
+- ``book/reproduction.md`` gets its table from the results files next to the executed
+  notebooks (``rmd_lib.report``).
+- Widget state that papermill saved is dropped: the book shows static figures instead.
+- ``--audience`` picks the student book (exercise solutions hidden, assignments with their
+  stubs) or the instructor book (solutions shown, the assignments' solutions and the
+  instructors' page); ``rmd_lib.course.stage_audience`` adapts the staged copy.
 """
 from __future__ import annotations
 
@@ -20,14 +31,23 @@ from pathlib import Path
 import nbformat
 import yaml
 
+from rmd_lib.course import AUDIENCES, stage_audience
+from rmd_lib.report import render_page
+
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRED = ["_config.yml", "_toc.yml", "book", "references.bib", "notebooks"]
 OPTIONAL = ["_static", "images"]
+MATHJAX = ROOT / "node_modules" / "mathjax" / "es5"
+# What tex-chtml.js loads at run time: TeX extensions (autoload), the CHTML fonts, the menu
+# and the accessibility components. The rest of the package (speech rule engine, other
+# combined builds) is never requested by the book's pages.
+MATHJAX_PARTS = ["tex-chtml.js", "input/tex", "output/chtml", "ui", "a11y", "adaptors"]
 IGNORE = shutil.ignore_patterns("*.py", "__pycache__", ".ipynb_checkpoints", "*.pyc")
 OUTPUT_TYPES = {"display_data", "execute_result", "stream"}
 
 
-def stage_source(stage: Path, executed: Path, allow_unexecuted: bool) -> list[Path]:
+def stage_source(stage: Path, executed: Path, allow_unexecuted: bool,
+                 strict: bool = False) -> list[Path]:
     """Copy the book source into ``stage``; return the staged notebooks."""
     if stage.exists():
         shutil.rmtree(stage)
@@ -61,8 +81,54 @@ def stage_source(stage: Path, executed: Path, allow_unexecuted: bool) -> list[Pa
     config_path = stage / "_config.yml"
     config = yaml.safe_load(config_path.read_text())
     config.setdefault("execute", {})["execute_notebooks"] = "off"
+    if stage_mathjax(stage, strict):
+        sphinx_config = config.setdefault("sphinx", {}).setdefault("config", {})
+        # Served from the site's root (html_extra_path), not from _static: Jupyter Book adds
+        # a <script> tag to every page for each .js file it finds under _static.
+        sphinx_config["html_extra_path"] = ["_mathjax"]
+        sphinx_config["mathjax_path"] = "../mathjax/tex-chtml.js"  # relative to _static
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    for nb_path in staged:
+        drop_widget_state(nb_path)
+    report = stage / "book" / "reproduction.md"
+    if report.exists():
+        results = executed.parent / "results"
+        report.write_text(render_page(report.read_text(encoding="utf-8"), results),
+                          encoding="utf-8")
     return staged
+
+
+def stage_mathjax(stage: Path, strict: bool) -> bool:
+    """Copy MathJax into the staged ``_mathjax/mathjax``; False if it is unavailable."""
+    if not MATHJAX.is_dir() and shutil.which("npm"):
+        print("MathJax: node_modules/ is missing; running npm ci", flush=True)
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=ROOT, check=False)
+    if not MATHJAX.is_dir():
+        fix = ("install Node.js and npm (Debian: apt-get install npm), then run `npm ci` in "
+               f"{ROOT}")
+        if strict:
+            sys.exit(f"error: MathJax is not in {MATHJAX}, and a strict build serves it "
+                     f"locally; {fix}")
+        print(f"warning: MathJax is not in {MATHJAX}; the site will load it from a CDN, so "
+              f"math needs the network to render. To serve it locally, {fix}.", flush=True)
+        return False
+    dest = stage / "_mathjax" / "mathjax"
+    for part in MATHJAX_PARTS:
+        src = MATHJAX / part
+        if src.is_dir():
+            shutil.copytree(src, dest / part)
+        else:
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / part)
+    return True
+
+
+def drop_widget_state(nb_path: Path) -> None:
+    """Remove the ipywidgets state papermill stores; the static book does not render it."""
+    nb = nbformat.read(nb_path, as_version=4)
+    if nb.metadata.pop("widgets", None) is not None:
+        nbformat.write(nb, nb_path)
 
 
 def has_outputs(nb_path: Path) -> bool:
@@ -93,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="folder of executed notebooks, e.g. _build/standard/notebooks")
     ap.add_argument("--out", required=True, type=Path, help="where the HTML goes")
     ap.add_argument("--strict", action="store_true", help="Sphinx warnings are errors")
+    ap.add_argument("--audience", choices=AUDIENCES, default="student",
+                    help="student (default): exercise solutions hidden, the assignments as "
+                         "handed out; instructor: solutions shown, the assignments' solutions "
+                         "and the instructors' page")
     ap.add_argument("--name", help="stage folder suffix (default: the run's folder name)")
     ap.add_argument("--allow-unexecuted", action="store_true",
                     help="render notebooks without an executed copy as they are")
@@ -103,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"error: {executed} does not exist; run scripts/run_notebooks.py first")
     name = args.name or executed.parent.name
     stage = ROOT / "_build" / f"stage-{name}"
-    staged = stage_source(stage, executed, args.allow_unexecuted)
+    staged = stage_source(stage, executed, args.allow_unexecuted, args.strict)
+    stage_audience(stage, args.audience)
 
     jb = Path(sys.executable).parent / "jupyter-book"
     cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(stage),

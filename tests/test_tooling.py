@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def load_script(name: str):
     spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -76,3 +78,81 @@ def test_pages_workflow_builds_with_the_readme_command():
     uploads = [s for s in flow["jobs"]["build"]["steps"] if "upload-pages-artifact" in s.get("uses", "")]
     assert uploads and uploads[0]["with"]["path"] == "_build/html"
     assert "_build/html" in (root / "Makefile").read_text()
+
+
+# ---------------------------------------------------------------------------------------
+# scripts/check_site.py: what makes a loaded page pass or fail, and when the check skips.
+# ---------------------------------------------------------------------------------------
+check_site = load_script("check_site")
+
+MATH_SOURCE = ('<script src="../mathjax/tex-chtml.js"></script>'
+               '<span class="math notranslate nohighlight">\\(x\\)</span>'
+               '<div class="math notranslate nohighlight">\\[y\\]</div>')
+GOOD_DOM = ('<h1>Chapter</h1><mjx-container>x</mjx-container><mjx-container>y</mjx-container>'
+            '<img alt="f" src="../_images/fig.png">')
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    from PIL import Image
+
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "_images").mkdir()
+    Image.new("RGB", (4, 3)).save(tmp_path / "_images" / "fig.png")
+    return tmp_path
+
+
+def test_site_check_passes_a_page_with_figures_and_typeset_math(site: Path):
+    r = check_site.inspect_page("notebooks/01_x.html", MATH_SOURCE, GOOD_DOM, site)
+    assert r.problems == []
+    assert (r.figures, r.math_expected, r.math_typeset) == (1, 2, 2)
+
+
+@pytest.mark.parametrize("dom, source, problem", [
+    (GOOD_DOM.replace("<h1>Chapter</h1>", ""), MATH_SOURCE, "no <h1>"),
+    (GOOD_DOM.replace("fig.png", "gone.png"), MATH_SOURCE, "does not load"),
+    (GOOD_DOM.replace('<img alt="f" src="../_images/fig.png">', ""), MATH_SOURCE,
+     "without any figure"),
+    (GOOD_DOM.replace("<mjx-container>y</mjx-container>", ""), MATH_SOURCE,
+     "only 1 typeset"),
+    (GOOD_DOM + "<mjx-merror>bad</mjx-merror>", MATH_SOURCE, "error in a formula"),
+    (GOOD_DOM, MATH_SOURCE.replace("../mathjax/tex-chtml.js",
+                                   "https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml.js"),
+     "not from the site"),
+])
+def test_site_check_names_each_problem(site: Path, dom: str, source: str, problem: str):
+    r = check_site.inspect_page("notebooks/01_x.html", source, dom, site)
+    assert len(r.problems) == 1 and problem in r.problems[0]
+
+
+def test_site_check_broken_figure_file_is_caught(site: Path):
+    (site / "_images" / "fig.png").write_bytes(b"not a png")
+    r = check_site.inspect_page("notebooks/01_x.html", MATH_SOURCE, GOOD_DOM, site)
+    assert any("does not load" in p for p in r.problems)
+
+
+def test_site_check_pages_follow_the_toc():
+    pages = check_site.toc_pages(ROOT / "_toc.yml")
+    assert pages[0] == "book/intro.html"
+    assert len(pages) == len(set(pages))
+    assert {f"notebooks/{p.stem}.html" for p in (ROOT / "notebooks").glob("*.ipynb")} <= set(pages)
+
+
+@pytest.fixture
+def no_browser(monkeypatch, site: Path):
+    (site / "index.html").write_text("<h1>x</h1>")
+    monkeypatch.setattr(check_site, "find_chromium", lambda: None)
+    monkeypatch.setattr(check_site, "install_chromium", lambda: None)
+    return site
+
+
+def test_site_check_skips_without_chromium_or_root(no_browser, monkeypatch, capsys):
+    monkeypatch.delenv("CI", raising=False)
+    assert check_site.main([str(no_browser)]) == 0
+    assert "SKIPPED" in capsys.readouterr().out
+
+
+def test_site_check_is_required_in_ci(no_browser, monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(SystemExit, match="CI=true requires"):
+        check_site.main([str(no_browser)])

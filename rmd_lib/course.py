@@ -1,0 +1,688 @@
+"""Graded assignments: one source per assignment, student and solution releases, an autograder.
+
+Each assignment is written once, as a jupytext percent script ``assignments/source/<name>.py``.
+Inside a code cell, a solution is a region between two marker lines::
+
+    ### BEGIN SOLUTION: one signed gradient step of size eps, then clamp to [0, 1]
+    ...the instructor's code...
+    ### END SOLUTION
+
+The student version replaces each region by ``raise NotImplementedError("<hint>")`` at the
+marker's indentation; the solution version only drops the marker lines. Both are written as
+a notebook and as an importable module of the graded definitions (see :func:`module_source`)::
+
+    python -m rmd_lib.course release                  # -> _build/assignments/{student,solution}/
+    python -m rmd_lib.course grade SUBMISSIONS --out grades.csv
+
+Submissions are laid out as ``SUBMISSIONS/<student>/<assignment>.ipynb`` (or ``.py``). The
+grader runs ``assignments/grading/test_<assignment>.py`` and ``hidden/test_<assignment>_hidden.py``
+on each in its own pytest process with a timeout; every test carries ``@pytest.mark.points(n)``
+and a submission earns the points of the tests it passes.
+
+The toy models and data that the assignments and their tests share are at the end of this file.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import csv
+import json
+import linecache
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import types
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE_DIR = ROOT / "assignments" / "source"
+GRADING_DIR = ROOT / "assignments" / "grading"
+RELEASE_DIR = ROOT / "_build" / "assignments"
+VERSIONS = ("student", "solution")
+
+STUDENT_README = """\
+# Course assignments
+
+Each notebook <name>.ipynb asks you to write the bodies of a few functions; until you do,
+they raise NotImplementedError with a hint. Only your imports, functions, classes and
+upper-case constants are graded, not the cells that run them.
+
+Check your work with the public tests (needs pytest and the book's library, rmd_lib):
+
+    pytest grading/test_<name>.py --submission <name>.ipynb
+
+The grade also counts further tests that are not in this folder. Hand in <name>.ipynb.
+"""
+
+BEGIN = re.compile(r"^(?P<indent>[ \t]*)### BEGIN SOLUTION(?::[ \t]*(?P<hint>.*?))?[ \t]*$")
+END = re.compile(r"^[ \t]*### END SOLUTION[ \t]*$")
+
+
+class SubmissionError(Exception):
+    """A submission that cannot be turned into a module (unreadable file, syntax error)."""
+
+
+# ----------------------------------------------------------------------------------------
+# Student and solution versions
+# ----------------------------------------------------------------------------------------
+
+def strip_solutions(code: str, version: str, where: str = "cell") -> str:
+    """One code cell's text in the given version ("student" or "solution")."""
+    if version not in VERSIONS:
+        raise ValueError(f"version must be one of {VERSIONS}, got {version!r}.")
+    out, open_at = [], None
+    for i, line in enumerate(code.splitlines(), 1):
+        begin, end = BEGIN.match(line), END.match(line)
+        if begin:
+            if open_at is not None:
+                raise ValueError(f"{where}, line {i}: BEGIN SOLUTION inside the region opened at "
+                                 f"line {open_at}; close that one with '### END SOLUTION' first.")
+            hint = (begin["hint"] or "").strip()
+            if not hint:
+                raise ValueError(f"{where}, line {i}: the marker has no hint; write "
+                                 "'### BEGIN SOLUTION: <what the student should do>'.")
+            open_at = i
+            if version == "student":
+                out.append(f"{begin['indent']}raise NotImplementedError({hint!r})")
+        elif end:
+            if open_at is None:
+                raise ValueError(f"{where}, line {i}: END SOLUTION without a BEGIN SOLUTION above it.")
+            open_at = None
+        elif "BEGIN SOLUTION" in line or "END SOLUTION" in line:
+            # A misspelt marker would otherwise leak the solution into the student version.
+            raise ValueError(f"{where}, line {i}: malformed marker {line.strip()!r}; write "
+                             "'### BEGIN SOLUTION: <hint>' or '### END SOLUTION' on a line of its own.")
+        elif open_at is None or version == "solution":
+            out.append(line)
+    if open_at is not None:
+        raise ValueError(f"{where}, line {open_at}: BEGIN SOLUTION is never closed; add "
+                         "'### END SOLUTION' in the same cell.")
+    return "\n".join(out)
+
+
+def make_version(nb, version: str, name: str = "source"):
+    """A copy of a source notebook (from jupytext.read) in the given version."""
+    nb = copy.deepcopy(nb)
+    regions = 0
+    for k, cell in enumerate(nb.cells, 1):
+        if cell.cell_type != "code":
+            if "BEGIN SOLUTION" in cell.source or "END SOLUTION" in cell.source:
+                raise ValueError(f"{name}, cell {k} ({cell.cell_type}): solution markers only work "
+                                 "in code cells; move the solution into a code cell.")
+            continue
+        regions += sum(1 for line in cell.source.splitlines() if BEGIN.match(line))
+        cell.source = strip_solutions(cell.source, version, f"{name}, cell {k}")
+    if regions == 0:
+        raise ValueError(f"{name} has no '### BEGIN SOLUTION: <hint>' region, so its student "
+                         "version would be its solution; mark what students write.")
+    nb.metadata.pop("jupytext", None)  # a release notebook is not paired with a script
+    return nb
+
+
+def _code_cells(nb) -> list[str]:
+    return [cell.source for cell in nb.cells if cell.cell_type == "code"]
+
+
+def _graded_nodes(tree: ast.Module):
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef,
+                             ast.ClassDef)):
+            yield node
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            try:
+                ast.literal_eval(node.value)
+            except ValueError:
+                continue
+            if all(isinstance(t, ast.Name) and t.id.isupper() for t in targets):
+                yield node
+
+
+def module_source(cells: list[str], title: str) -> str:
+    """The graded definitions of a notebook's code cells, as the text of a module.
+
+    Only top-level imports, functions, classes and literal constants with upper-case names
+    (``LEVELS = 5``) are kept: self-checks, plots and training runs in the notebook are not
+    run on import. Raises :class:`SubmissionError` naming the cell of a syntax error.
+    """
+    future, body = [], []  # (text, is_import)
+    for k, code in enumerate(cells, 1):
+        # Jupyter magics and shell escapes are not Python; the grader never runs them.
+        code = "\n".join("# " + line if line.lstrip().startswith(("%", "!")) else line
+                         for line in code.splitlines())
+        try:
+            tree = ast.parse(code)
+        except SyntaxError as e:
+            where = f"code cell {k} has a syntax error" if len(cells) > 1 else "syntax error"
+            raise SubmissionError(f"{where} at line {e.lineno}: {e.msg}; fix it (the code must "
+                                  "run in Jupyter) and resubmit.") from None
+        lines = code.splitlines()
+        for node in _graded_nodes(tree):
+            start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+            text = "\n".join(lines[start - 1:node.end_lineno])
+            is_future = isinstance(node, ast.ImportFrom) and node.module == "__future__"
+            is_import = isinstance(node, (ast.Import, ast.ImportFrom))
+            (future if is_future else body).append((text, is_import))
+    pieces, out = future + body, f'"""{title}"""\n'
+    for i, (text, is_import) in enumerate(pieces):
+        joined_import = is_import and i > 0 and pieces[i - 1][1]  # import blocks stay together
+        out += ("" if joined_import else "\n" if i == 0 else "\n\n") + text + "\n"
+    return out
+
+
+def submission_module(path: Path) -> str:
+    """The module text of a submitted notebook (.ipynb) or percent script (.py)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".ipynb":
+            import nbformat
+            cells = _code_cells(nbformat.read(path, as_version=4))
+        elif path.suffix == ".py":
+            cells = [path.read_text(encoding="utf-8")]
+        else:
+            raise SubmissionError(f"{path.name} is neither a .ipynb nor a .py file; submit the notebook.")
+    except SubmissionError:
+        raise
+    except Exception as e:  # nbformat raises several types for a damaged file
+        kind = "notebook" if path.suffix == ".ipynb" else "UTF-8 text file"
+        raise SubmissionError(f"{path.name} is not a readable {kind} ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else ''}); save it again "
+                              "from Jupyter and resubmit.") from None
+    return module_source(cells, f"Graded definitions of {path.name} (generated; do not edit).")
+
+
+def load_submission(path: Path, name: str) -> types.ModuleType:
+    """Import a submission (.ipynb or .py) as module ``submission_<name>``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"submission {path} does not exist; pass the notebook or module "
+                                "you want graded.")
+    text = submission_module(path)
+    # Tracebacks then show the lines of the generated module, not of the notebook's JSON.
+    filename = f"{path} (graded definitions)"
+    linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
+    code = compile(text, filename, "exec")
+    module = types.ModuleType(f"submission_{name}")
+    module.__file__ = str(path)
+    sys.modules[module.__name__] = module  # dataclasses and pickling look modules up here
+    exec(code, module.__dict__)
+    return module
+
+
+def source_names(source_dir: Path = SOURCE_DIR) -> list[str]:
+    """The assignment names: the stems of ``source_dir/a*.py``."""
+    return sorted(p.stem for p in Path(source_dir).glob("a*.py"))
+
+
+def release(out_dir: Path = RELEASE_DIR, source_dir: Path = SOURCE_DIR,
+            grading_dir: Path = GRADING_DIR, names: list[str] | None = None) -> dict[str, list[Path]]:
+    """Write each assignment's student and solution versions under ``out_dir/<version>/``.
+
+    Per assignment and version: ``<name>.ipynb`` (unexecuted) and ``<name>.py`` (the graded
+    definitions, importable). The student folder also gets ``grading/`` with the public tests
+    only (never ``hidden/``) and a README. Returns the written files per version.
+    """
+    import jupytext
+
+    source_dir, out_dir = Path(source_dir), Path(out_dir)
+    known = source_names(source_dir)
+    if not known:
+        raise FileNotFoundError(f"no assignment sources (a*.py) in {source_dir}; pass --source.")
+    names = names or known
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(f"unknown assignment(s) {unknown}; the sources are {known}.")
+    written = {v: [] for v in VERSIONS}
+    for version in VERSIONS:
+        folder = out_dir / version
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        for name in names:
+            nb = make_version(jupytext.read(source_dir / f"{name}.py"), version, f"{name}.py")
+            jupytext.write(nb, folder / f"{name}.ipynb", fmt="ipynb")
+            title = f"{name}, {version} version: its graded definitions (generated; do not edit)."
+            (folder / f"{name}.py").write_text(module_source(_code_cells(nb), title))
+            written[version] += [folder / f"{name}.ipynb", folder / f"{name}.py"]
+    (out_dir / "student" / "README.md").write_text(STUDENT_README)
+    written["student"].append(out_dir / "student" / "README.md")
+    public = out_dir / "student" / "grading"
+    public.mkdir()
+    for f in sorted(Path(grading_dir).iterdir()):
+        if f.is_file() and (f.suffix == ".py" or f.name == "pytest.ini"):
+            shutil.copy2(f, public / f.name)
+            written["student"].append(public / f.name)
+    return written
+
+
+# ----------------------------------------------------------------------------------------
+# Grading
+# ----------------------------------------------------------------------------------------
+
+def grading_names(grading_dir: Path = GRADING_DIR) -> list[str]:
+    """Assignments that have public grading tests ``test_<name>.py``."""
+    return sorted(p.stem[len("test_"):] for p in Path(grading_dir).glob("test_*.py"))
+
+
+def test_files(name: str, grading_dir: Path = GRADING_DIR) -> list[Path]:
+    """The public and (where present) hidden grading tests of one assignment."""
+    grading_dir = Path(grading_dir)
+    files = [grading_dir / f"test_{name}.py", grading_dir / "hidden" / f"test_{name}_hidden.py"]
+    return [f for f in files if f.exists()]
+
+
+def run_tests(submission: Path | None, names: str | list[str], report: Path, *,
+              grading_dir: Path = GRADING_DIR, timeout: float = 300, cwd: Path | None = None,
+              extra: list[str] = ()) -> subprocess.CompletedProcess | None:
+    """Run the grading tests of one or more assignments on ``submission`` in a fresh pytest process.
+
+    ``submission``: a .ipynb or .py, or a folder of ``<name>.ipynb`` / ``<name>.py``. Results
+    go to ``report`` (JSON lines, see assignments/grading/conftest.py). Returns the finished
+    process, or None when it ran past ``timeout`` seconds and was killed.
+    """
+    grading_dir = Path(grading_dir).resolve()
+    cmd = [sys.executable, "-m", "pytest", "-c", str(grading_dir / "pytest.ini"),
+           "--rootdir", str(grading_dir), "-q", "--grade-report", str(Path(report).resolve()),
+           *[str(f) for n in ([names] if isinstance(names, str) else names)
+             for f in test_files(n, grading_dir)], *extra]
+    if submission is not None:
+        cmd += ["--submission", str(Path(submission).resolve())]
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")  # no __pycache__ in the grading folder
+    env.setdefault("OMP_NUM_THREADS", "1")  # toy models; parallel jobs must not oversubscribe
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the session holds whatever the submission started
+        proc.communicate()
+        return None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out)
+
+
+def read_report(report: Path) -> tuple[dict[str, int], dict[str, dict]]:
+    """(points per collected test, result per finished test) from a grading report."""
+    points, results = {}, {}
+    if Path(report).exists():
+        for line in Path(report).read_text().splitlines():
+            entry = json.loads(line)
+            if "collected" in entry:
+                points.update(entry["collected"])
+            else:
+                results[entry["test"]] = entry
+    return points, results
+
+
+def _summary(points: dict[str, int], results: dict[str, dict]) -> tuple[str, str]:
+    """(per-test column, reason) of a graded row."""
+    cells, failures = [], []
+    for test, pts in points.items():
+        r = results.get(test)
+        if r is not None and r["outcome"] == "passed":
+            cells.append(f"{test}={pts}/{pts}")
+            continue
+        r = r or {"exception": "not run", "message": "", "outcome": "not run"}
+        failures.append(r)
+        cells.append(f"{test}=0/{pts} ({r.get('exception') or r['outcome']})")
+    if not failures:
+        return "; ".join(cells), ""
+    messages = {(f.get("exception"), f.get("message")) for f in failures}
+    if len(messages) == 1 and len(failures) == len(points):
+        exc, msg = messages.pop()
+        return "; ".join(cells), f"every test failed with {exc}: {msg}"
+    kinds = Counter(f.get("exception") or "failed" for f in failures)
+    return "; ".join(cells), (f"{len(failures)} of {len(points)} tests failed: "
+                              + ", ".join(f"{k} x{n}" for k, n in kinds.most_common()))
+
+
+def grade_one(path: Path | None, name: str, work: Path, grading_dir: Path, timeout: float) -> dict:
+    """Grade one submission: a CSV row without the student column (max_points may be None)."""
+    row = dict(assignment=name, points=0, max_points=None, status="", reason="", tests="")
+    if path is None:
+        return dict(row, status="missing", reason=f"no {name}.ipynb or {name}.py in the student's folder")
+    try:
+        module = submission_module(path)
+    except SubmissionError as e:
+        return dict(row, status="unreadable", reason=str(e))
+    work.mkdir(parents=True, exist_ok=True)
+    (work / f"{name}.py").write_text(module)
+    report = work / f"{name}.report.jsonl"
+    report.unlink(missing_ok=True)
+    proc = run_tests(work / f"{name}.py", name, report, grading_dir=grading_dir, timeout=timeout, cwd=work)
+    points, results = read_report(report)
+    if not points:
+        tail = " | ".join((proc.stdout if proc else "").strip().splitlines()[-3:])
+        why = f"ran past the {timeout:g} s limit" if proc is None else f"pytest exited {proc.returncode}: {tail}"
+        return dict(row, status="timeout" if proc is None else "error", reason=why)
+    tests, reason = _summary(points, results)
+    earned = sum(p for t, p in points.items() if results.get(t, {}).get("outcome") == "passed")
+    status = "graded"
+    if proc is None:
+        status, reason = "timeout", f"ran past the {timeout:g} s limit; unfinished tests get 0. {reason}"
+    return dict(row, points=earned, max_points=sum(points.values()), status=status, reason=reason, tests=tests)
+
+
+def find_submissions(submissions: Path, names: list[str]) -> tuple[dict[str, dict[str, Path | None]], list[str]]:
+    """{student: {assignment: file or None}} and warnings about files that were not used."""
+    submissions = Path(submissions)
+    if not submissions.is_dir():
+        raise FileNotFoundError(
+            f"submissions folder {submissions} does not exist; pass the folder that holds one "
+            "sub-folder per student: SUBMISSIONS/<student>/<assignment>.ipynb")
+    found, warnings = {}, []
+    for entry in sorted(submissions.iterdir()):
+        if entry.name.startswith((".", "_")):
+            continue
+        if not entry.is_dir():
+            warnings.append(f"ignored {entry}: submissions go in a folder per student "
+                            f"({submissions}/<student>/{entry.name})")
+            continue
+        files = {}
+        for f in sorted(entry.iterdir()):
+            if f.name.startswith("."):
+                continue
+            if f.stem in names and f.suffix in (".ipynb", ".py"):
+                # A notebook wins over a script of the same name: it is what students edit.
+                if f.stem not in files or f.suffix == ".ipynb":
+                    files[f.stem] = f
+            else:
+                warnings.append(f"ignored {f}: not named after an assignment "
+                                f"({', '.join(n + '.ipynb' for n in names)})")
+        found[entry.name] = {n: files.get(n) for n in names}
+    if not found:
+        raise FileNotFoundError(f"no student folders in {submissions}; lay submissions out as "
+                                f"{submissions}/<student>/<assignment>.ipynb")
+    return found, warnings
+
+
+FIELDS = ["student", "assignment", "points", "max_points", "status", "reason", "tests"]
+
+
+def grade(submissions: Path, out: Path, *, names: list[str] | None = None,
+          grading_dir: Path = GRADING_DIR, timeout: float = 300, jobs: int = 1,
+          work: Path | None = None) -> list[dict]:
+    """Grade a folder of submissions into a CSV (columns :data:`FIELDS`); return the rows."""
+    known = grading_names(grading_dir)
+    if not known:
+        raise FileNotFoundError(f"no grading tests (test_*.py) in {grading_dir}; pass --grading.")
+    names = names or known
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(f"unknown assignment(s) {unknown}; the graded ones are {known}.")
+    found, warnings = find_submissions(submissions, names)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="rmd-grade-") as tmp:
+        work = Path(work or tmp)
+        todo = [(s, n, f) for s, files in found.items() for n, f in files.items()]
+        work.mkdir(parents=True, exist_ok=True)
+
+        def job(task):
+            student, name, path = task
+            return dict(student=student, **grade_one(path, name, work / student, Path(grading_dir), timeout))
+
+        with ThreadPoolExecutor(max(1, jobs)) as pool:
+            rows = list(pool.map(job, todo))
+        # Rows of unrun submissions get the assignment's maximum from a run that collected it.
+        maxima = {r["assignment"]: r["max_points"] for r in rows if r["max_points"] is not None}
+        for name in sorted({r["assignment"] for r in rows} - set(maxima)):
+            report = work / f"collect-{name}.jsonl"
+            report.unlink(missing_ok=True)
+            run_tests(None, name, report, grading_dir=Path(grading_dir), timeout=timeout,
+                      cwd=work, extra=["--collect-only"])
+            maxima[name] = sum(read_report(report)[0].values()) or None
+    for r in rows:
+        r["max_points"] = maxima.get(r["assignment"]) if r["max_points"] is None else r["max_points"]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------
+# Student and instructor books
+# ----------------------------------------------------------------------------------------
+
+AUDIENCES = ("student", "instructor")
+
+
+def book_audience_config(audience: str) -> dict:
+    """What the book build for ``audience`` ("student" or "instructor") changes.
+
+    ``sphinx_config``: overrides for _config.yml's ``sphinx.config`` (sphinx-exercise's
+    ``hide_solutions``); ``assignments``: the release version its Assignments pages show;
+    ``toc_part``: the part that the staged _toc.yml gets (the instructor guide only for
+    instructors).
+    """
+    if audience not in AUDIENCES:
+        raise ValueError(f"audience must be one of {AUDIENCES}, got {audience!r}.")
+    student = audience == "student"
+    chapters = ([] if student else [{"file": "book/instructors"}])
+    chapters += [{"file": f"assignments/{n}"} for n in source_names()]
+    return {"sphinx_config": {"hide_solutions": student},
+            "assignments": "student" if student else "solution",
+            "toc_part": {"caption": "Assignments", "chapters": chapters}}
+
+
+def reading_page(nb) -> str:
+    """An assignment notebook as a plain MyST page: prose as is, code as Python blocks.
+
+    Not a notebook on purpose: the book's launch buttons would send readers to
+    ``assignments/<name>.ipynb`` on GitHub, which exists only in the releases that
+    ``python -m rmd_lib.course release`` writes and instructors hand out.
+    """
+    blocks = []
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            blocks.append(cell.source)
+        elif cell.cell_type == "code" and cell.source.strip():
+            blocks.append(f"```python\n{cell.source}\n```")
+    return "\n\n".join(blocks) + "\n"
+
+
+def stage_audience(stage: Path, audience: str, source_dir: Path = SOURCE_DIR) -> list[Path]:
+    """Adapt a staged book source (``_build/stage-<name>/``) to ``audience``.
+
+    Writes the audience's assignments as reading pages to ``stage/assignments/``, sets
+    the Sphinx overrides in ``stage/_config.yml`` and inserts the Assignments part into
+    ``stage/_toc.yml`` before "Back matter". Returns the staged assignment pages.
+    """
+    import jupytext
+    import yaml
+
+    stage = Path(stage)
+    cfg = book_audience_config(audience)
+    folder = stage / "assignments"
+    folder.mkdir(parents=True, exist_ok=True)
+    staged = []
+    for name in source_names(source_dir):
+        nb = make_version(jupytext.read(Path(source_dir) / f"{name}.py"), cfg["assignments"], name)
+        page = folder / f"{name}.md"
+        page.write_text(reading_page(nb), encoding="utf-8")
+        staged.append(page)
+    config = yaml.safe_load((stage / "_config.yml").read_text())
+    config.setdefault("sphinx", {}).setdefault("config", {}).update(cfg["sphinx_config"])
+    (stage / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    toc = yaml.safe_load((stage / "_toc.yml").read_text())
+    parts = toc.setdefault("parts", [])
+    at = next((i for i, p in enumerate(parts) if p.get("caption") == "Back matter"), len(parts))
+    parts.insert(at, cfg["toc_part"])
+    (stage / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
+    return staged
+
+
+# ----------------------------------------------------------------------------------------
+# Toy models and data of the assignments (tiny, seeded, CPU-fast, no download)
+# ----------------------------------------------------------------------------------------
+
+def toy_images(n: int = 256, shape: tuple[int, ...] = (1, 8, 8), classes: int = 3,
+               spread: float = 0.1, noise: float = 0.2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labelled synthetic images: class k is a fixed random pattern around gray plus pixel noise.
+
+    Returns x (n, *shape) in [0, 1] and y (n,) int64 cycling through 0..classes-1. The same
+    seed gives the same patterns, so train and test sets are slices of one call.
+    """
+    g = torch.Generator().manual_seed(seed)
+    patterns = 0.5 + spread * torch.randn(classes, *shape, generator=g)
+    y = torch.arange(n) % classes
+    x = (patterns[y] + noise * torch.randn(n, *shape, generator=g)).clamp(0.0, 1.0)
+    return x, y
+
+
+def toy_classifier(x: torch.Tensor, y: torch.Tensor, hidden: int = 32, steps: int = 200,
+                   lr: float = 0.02, seed: int = 0) -> nn.Module:
+    """A one-hidden-layer tanh MLP fit to (x, y) by full-batch Adam; frozen, in eval mode."""
+    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
+        torch.manual_seed(seed)
+        net = nn.Sequential(nn.Flatten(), nn.Linear(x[0].numel(), hidden), nn.Tanh(),
+                            nn.Linear(hidden, int(y.max()) + 1)).to(x.device)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+    return net.eval().requires_grad_(False)
+
+
+class RippleClassifier(nn.Module):
+    """A classifier plus a small high-frequency ripple on its logits:
+    ``base(x) + amp * sin(freq * x.flatten(1) @ U)``.
+
+    The ripple barely moves the predictions but dominates the local gradient, the kind of
+    surface that FGSM adversarial training leaves behind: one gradient step is misled, many
+    small ones are not. Logits (N, K) for x (N, *shape) in [0, 1].
+    """
+
+    def __init__(self, base: nn.Module, shape: tuple[int, ...], classes: int,
+                 amp: float = 0.5, freq: float = 50.0, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        pixels = math.prod(shape)
+        self.base, self.amp, self.freq = base, amp, freq
+        self.register_buffer("U", torch.randn(pixels, classes, generator=g) / math.sqrt(pixels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.amp * torch.sin(self.freq * x.flatten(1) @ self.U)
+
+
+class ToyGenerator(nn.Module):
+    """G(z) = sigmoid(W z + b + wiggle * V sin(freq * z)): latents (B, latent_dim) to images
+    (B, *shape) in (0, 1).
+
+    With ``wiggle=0`` it is one smooth layer and the projection problem has a single basin; a
+    larger ``wiggle`` folds the range so that gradient descent from one start often stops in
+    a local minimum. Has ``latent_dim`` and ``sample_latent`` like the book's generators.
+    """
+
+    def __init__(self, latent_dim: int = 2, shape: tuple[int, ...] = (1, 8, 8),
+                 wiggle: float = 0.0, freq: float = 3.0, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        pixels = math.prod(shape)
+        self.latent_dim, self.shape, self.wiggle, self.freq = latent_dim, tuple(shape), wiggle, freq
+        self.register_buffer("W", torch.randn(pixels, latent_dim, generator=g) / math.sqrt(latent_dim))
+        self.register_buffer("V", torch.randn(pixels, latent_dim, generator=g) / math.sqrt(latent_dim))
+        self.register_buffer("b", 0.1 * torch.randn(pixels, generator=g))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = z @ self.W.T + self.b + self.wiggle * torch.sin(self.freq * z) @ self.V.T
+        return torch.sigmoid(h).view(-1, *self.shape)
+
+    def sample_latent(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        return torch.randn(n, self.latent_dim, generator=generator).to(device or self.W.device)
+
+
+def toy_range_classifier(G: ToyGenerator, n: int = 512, classes: int = 3, seed: int = 0) -> nn.Module:
+    """A classifier of G's images whose label is the largest of the first ``classes`` latent
+    coordinates (the sign of z_0 for a 1- or 2-dimensional latent)."""
+    z = G.sample_latent(n, torch.Generator().manual_seed(seed))
+    y = z[:, :classes].argmax(dim=1) if G.latent_dim >= 3 else (z[:, 0] > 0).long()
+    with torch.no_grad():
+        x = G(z)
+    return toy_classifier(x, y, steps=300, seed=seed)
+
+
+def quantize(x: torch.Tensor, levels: int = 5) -> torch.Tensor:
+    """Round pixels in [0, 1] to ``levels`` evenly spaced values: a non-differentiable defense
+    (its gradient is zero almost everywhere). Same shape as x."""
+    return torch.round(x * (levels - 1)) / (levels - 1)
+
+
+class OffGridClassifier(nn.Module):
+    """A classifier meant to sit behind :func:`quantize`: ``base(x) + strength * sin^2(pi (levels-1) x) @ R``.
+
+    On the quantisation grid the extra term and its gradient vanish, so behind the defense it
+    is ``base``. Between grid points, where a classifier trained on quantised images was never
+    constrained, the term dominates both value and gradient: attacks crafted on the bare
+    classifier follow it and transfer badly. Logits (N, K) for x (N, *shape).
+    """
+
+    def __init__(self, base: nn.Module, shape: tuple[int, ...], classes: int, levels: int = 5,
+                 strength: float = 1.0, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.base, self.levels, self.strength = base, levels, strength
+        self.register_buffer("R", torch.randn(math.prod(shape), classes, generator=g))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        off_grid = torch.sin(math.pi * (self.levels - 1) * x).pow(2).flatten(1)
+        return self.base(x) + self.strength * off_grid @ self.R
+
+
+# ----------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rmd_lib.course",
+                                 description="Release the course assignments and grade submissions.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    rel = sub.add_parser("release", help="write the student and solution versions of the assignments")
+    rel.add_argument("--out", type=Path, default=RELEASE_DIR, help="default: _build/assignments")
+    rel.add_argument("--source", type=Path, default=SOURCE_DIR, help="default: assignments/source")
+    rel.add_argument("--only", nargs="+", metavar="NAME", help="these assignments only")
+    gr = sub.add_parser("grade", help="grade SUBMISSIONS/<student>/<assignment>.ipynb into a CSV")
+    gr.add_argument("submissions", type=Path)
+    gr.add_argument("--out", type=Path, default=Path("grades.csv"), help="default: grades.csv")
+    gr.add_argument("--assignments", nargs="+", metavar="NAME", help="default: all graded ones")
+    gr.add_argument("--grading", type=Path, default=GRADING_DIR, help="default: assignments/grading")
+    gr.add_argument("--timeout", type=float, default=300, help="seconds per submission (default 300)")
+    gr.add_argument("--jobs", type=int, default=1, help="submissions graded at once (default 1)")
+    gr.add_argument("--work", type=Path, help="keep the generated modules and test reports here")
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "release":
+            written = release(args.out, args.source, names=args.only)
+            for version, files in written.items():
+                print(f"{version}: {len(files)} files in {Path(args.out) / version}")
+            return 0
+        rows = grade(args.submissions, args.out, names=args.assignments, grading_dir=args.grading,
+                     timeout=args.timeout, jobs=args.jobs, work=args.work)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for r in rows:
+        print(f"{r['student']:<16} {r['assignment']:<16} {r['points']:>3}/{r['max_points']} {r['status']}"
+              + (f"  {r['reason']}" if r["reason"] else ""))
+    print(f"grades: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
