@@ -221,6 +221,15 @@ def load_submission(path: Path, name: str) -> types.ModuleType:
     return module
 
 
+def _select(names: list[str] | None, known: list[str], which: str) -> list[str]:
+    """``names`` (default: all of ``known``), refusing any that ``known`` lacks."""
+    names = names or known
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(f"unknown assignment(s) {unknown}; {which} {known}.")
+    return names
+
+
 def source_names(source_dir: Path = SOURCE_DIR) -> list[str]:
     """The assignment names: the stems of ``source_dir/a*.py``."""
     return sorted(p.stem for p in Path(source_dir).glob("a*.py"))
@@ -240,10 +249,7 @@ def release(out_dir: Path = RELEASE_DIR, source_dir: Path = SOURCE_DIR,
     known = source_names(source_dir)
     if not known:
         raise FileNotFoundError(f"no assignment sources (a*.py) in {source_dir}; pass --source.")
-    names = names or known
-    unknown = sorted(set(names) - set(known))
-    if unknown:
-        raise ValueError(f"unknown assignment(s) {unknown}; the sources are {known}.")
+    names = _select(names, known, "the sources are")
     written = {v: [] for v in VERSIONS}
     for version in VERSIONS:
         folder = out_dir / version
@@ -417,10 +423,7 @@ def grade(submissions: Path, out: Path, *, names: list[str] | None = None,
     known = grading_names(grading_dir)
     if not known:
         raise FileNotFoundError(f"no grading tests (test_*.py) in {grading_dir}; pass --grading.")
-    names = names or known
-    unknown = sorted(set(names) - set(known))
-    if unknown:
-        raise ValueError(f"unknown assignment(s) {unknown}; the graded ones are {known}.")
+    names = _select(names, known, "the graded ones are")
     found, warnings = find_submissions(submissions, names)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -616,6 +619,23 @@ def toy_range_classifier(G: ToyGenerator, n: int = 512, classes: int = 3, seed: 
     with torch.no_grad():
         x = G(z)
     return toy_classifier(x, y, steps=300, seed=seed)
+
+
+def random_pairs_at_budget(G: nn.Module, eps: float, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Baseline latent pairs (z1, z2), each (n, latent_dim), with ||G(z1) - G(z2)||_2 = eps.
+
+    A random start and a random latent direction per pair, scaled by bisection until the
+    two images are eps apart (to 2**-40 of the search interval [0, 10]).
+    """
+    g = torch.Generator().manual_seed(seed)
+    z1, u = torch.randn(n, G.latent_dim, generator=g), torch.randn(n, G.latent_dim, generator=g)
+    lo, hi = torch.zeros(n), torch.full((n,), 10.0)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        with torch.no_grad():
+            inside = (G(z1) - G(z1 + mid[:, None] * u)).flatten(1).norm(dim=1) <= eps
+        lo, hi = torch.where(inside, mid, lo), torch.where(inside, hi, mid)
+    return z1, z1 + lo[:, None] * u
 
 
 def quantize(x: torch.Tensor, levels: int = 5) -> torch.Tensor:

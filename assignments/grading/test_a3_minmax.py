@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from rmd_lib.course import ToyGenerator, toy_range_classifier
+from rmd_lib.course import ToyGenerator, random_pairs_at_budget, toy_range_classifier
 
 
 class Counting(nn.Module):
@@ -36,17 +36,6 @@ def distance(G, z1, z2):
 def divergence(G, C, z1, z2):
     with torch.no_grad():
         return sym_kl_ref(C(G(z1)), C(G(z2)))
-
-
-def random_pairs_at_budget(G, eps, n, seed):
-    g = torch.Generator().manual_seed(seed)
-    z1, u = torch.randn(n, G.latent_dim, generator=g), torch.randn(n, G.latent_dim, generator=g)
-    lo, hi = torch.zeros(n), torch.full((n,), 10.0)
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        inside = distance(G, z1, z1 + mid[:, None] * u) <= eps
-        lo, hi = torch.where(inside, mid, lo), torch.where(inside, hi, mid)
-    return z1, z1 + lo[:, None] * u
 
 
 @pytest.fixture(scope="module")

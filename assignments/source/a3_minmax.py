@@ -50,7 +50,7 @@ if "google.colab" in sys.modules:
 # %%
 import torch
 
-from rmd_lib.course import ToyGenerator, toy_range_classifier
+from rmd_lib.course import ToyGenerator, random_pairs_at_budget, toy_range_classifier
 
 # %% [markdown]
 # ## 1. The divergence (graded)
@@ -139,26 +139,14 @@ def minmax_pairs(G, C, eps, n=64, steps=200, lr=0.05, lam_init=1.0, lam_rate=1.0
 #
 # A smooth toy generator with a 2-dimensional latent space and a classifier of its images
 # whose label is the sign of $z_0$ (`rmd_lib.course.toy_range_classifier`). The baseline is
-# random pairs *at* the budget: a random start and a random latent direction, scaled by
-# bisection until the two images are exactly $\epsilon$ apart. The cells raise
-# `NotImplementedError` until your functions exist.
+# random pairs *at* the budget (`rmd_lib.course.random_pairs_at_budget`): a random start
+# and a random latent direction, scaled by bisection until the two images are exactly
+# $\epsilon$ apart. The cells raise `NotImplementedError` until your functions exist.
 
 # %%
 G = ToyGenerator(latent_dim=2, seed=1)
 C = toy_range_classifier(G)
 eps = 0.6
-
-
-def random_pairs_at_budget(G, eps, n, seed):
-    g = torch.Generator().manual_seed(seed)
-    z1, u = torch.randn(n, G.latent_dim, generator=g), torch.randn(n, G.latent_dim, generator=g)
-    lo, hi = torch.zeros(n), torch.full((n,), 10.0)
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        with torch.no_grad():
-            inside = (G(z1) - G(z1 + mid[:, None] * u)).flatten(1).norm(dim=1) <= eps
-        lo, hi = torch.where(inside, mid, lo), torch.where(inside, hi, mid)
-    return z1, z1 + lo[:, None] * u
 
 
 z1, z2 = minmax_pairs(G, C, eps)
