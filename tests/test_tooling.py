@@ -156,3 +156,52 @@ def test_site_check_is_required_in_ci(no_browser, monkeypatch):
     monkeypatch.setenv("CI", "true")
     with pytest.raises(SystemExit, match="CI=true requires"):
         check_site.main([str(no_browser)])
+
+
+# ---------------------------------------------------------------------------------------
+# scripts/build_book.py: MathJax served by the site, widget state dropped.
+# ---------------------------------------------------------------------------------------
+build_book = load_script("build_book")
+
+
+@pytest.fixture
+def fake_mathjax(tmp_path: Path, monkeypatch) -> Path:
+    es5 = tmp_path / "node_modules" / "mathjax" / "es5"
+    for part in build_book.MATHJAX_PARTS:
+        path = es5 / part
+        if part.endswith(".js"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("// js")
+        else:
+            path.mkdir(parents=True)
+            (path / "x.js").write_text("// js")
+    (es5 / "sre").mkdir()  # never served
+    monkeypatch.setattr(build_book, "MATHJAX", es5)
+    return es5
+
+
+def test_mathjax_is_staged_outside_static(fake_mathjax: Path, tmp_path: Path):
+    stage = tmp_path / "stage"
+    assert build_book.stage_mathjax(stage, strict=True)
+    served = stage / "_mathjax" / "mathjax"
+    assert (served / "tex-chtml.js").is_file() and (served / "input/tex/x.js").is_file()
+    assert not (served / "sre").exists() and not (stage / "_static").exists()
+
+
+def test_strict_build_refuses_a_cdn_mathjax(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(build_book, "MATHJAX", tmp_path / "absent")
+    monkeypatch.setattr(build_book.shutil, "which", lambda name: None)  # no npm
+    with pytest.raises(SystemExit, match="npm"):
+        build_book.stage_mathjax(tmp_path / "stage", strict=True)
+    assert build_book.stage_mathjax(tmp_path / "stage", strict=False) is False
+
+
+def test_widget_state_is_dropped(tmp_path: Path):
+    import nbformat
+
+    kernel = {"name": "python3", "display_name": "Python 3"}
+    nb = nbformat.v4.new_notebook(metadata={"widgets": {"state": {}}, "kernelspec": kernel})
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, path)
+    build_book.drop_widget_state(path)
+    assert nbformat.read(path, as_version=4).metadata == {"kernelspec": kernel}
