@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import os
 import shutil
 import subprocess
 import sys
@@ -245,3 +246,15 @@ def test_book_stage_for_each_audience(tmp_path, audience):
     assert ("### BEGIN SOLUTION" in text) is False
     with pytest.raises(ValueError, match="audience must be one of"):
         course.book_audience_config("teacher")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_solution_notebook_runs_top_to_bottom(tmp_path, name):
+    # What an instructor checks before handing out: every self-check cell of the solution
+    # version runs (as a script, with a non-interactive matplotlib backend).
+    nb = course.make_version(jupytext.read(course.SOURCE_DIR / f"{name}.py"), "solution", name)
+    script = tmp_path / f"{name}.py"
+    jupytext.write(nb, script, fmt="py:percent")
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
