@@ -99,6 +99,10 @@ print(f"{clf.provenance}\n{len(x)} images ({P.dip_size}x{P.dip_size}) from {phot
 # classified right at 128 against 17 at 224), with **16 channels** and **300 steps**, and runs
 # the BPDA attack at the largest budget only. The network is then far from converged, so
 # read its numbers as the trend of an under-fitted prior, not as the paper's result.
+# At the `paper` size the curve does show the early-stopping peak: in one run on an H200
+# GPU (clean and BIM 8/255 photos, without the BPDA part), accuracy on the reconstructions
+# rose until 1,000 steps and fell after, as the network refitted the perturbation. The
+# `paper` profile stops there; `rmd_lib/profiles.py` records that run's numbers.
 # ```
 #
 # ## Attacking the unprotected classifier
