@@ -99,7 +99,7 @@ assignments: venv
 test: venv
 	RMD_REQUIRE_TORCHATTACKS=1 $(PY) -m pytest tests --ignore=tests/test_results.py
 	rm -rf $(SMOKE)
-	$(PY) scripts/run_notebooks.py --profile smoke --out $(SMOKE)
+	RMD_STRICT=1 $(PY) scripts/run_notebooks.py --profile smoke --out $(SMOKE)
 	RMD_REQUIRE_RESULTS=1 RMD_RESULTS_DIR=$(SMOKE)/results RMD_EXPECT_PROFILE=smoke \
 	  $(PY) -m pytest tests/test_results.py
 	$(PY) scripts/build_book.py --executed $(SMOKE)/notebooks --out $(SMOKE)/html --strict

@@ -245,7 +245,7 @@ for name in names:
               P.claim_margin)
 run.write(headline, attack_tables=tables,
           sweep={n: {**s, "curves": {str(R): c for R, c in s["curves"].items()}} for n, s in sweep.items()})
-run.assert_claims()
+run.report_claims()
 
 # %% [markdown]
 # ## Explore: one image and one budget at a time

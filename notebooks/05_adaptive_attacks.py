@@ -220,7 +220,7 @@ for name in names:
                       first - adaptive, ">=", getattr(P, f"adaptive_drop_{norm}"))
 display(Markdown(markdown_table(summary)))
 run.write(headline, robust_accuracy=tables, summary=summary)
-run.assert_claims()
+run.report_claims()
 
 # %% [markdown]
 # ## What this means for projection defenses

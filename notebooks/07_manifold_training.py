@@ -71,12 +71,13 @@ import torch
 from IPython.display import Markdown, display
 
 from rmd_lib.attack_tables import robust_accuracy_table
-from rmd_lib.attacks import BPDA, fgsm, minmax_pairs, pgd
+from rmd_lib.attacks import BPDA, fgsm, pgd
 from rmd_lib.data import dataset_names
 from rmd_lib.evaluation import accuracy, markdown_table, start_run
 from rmd_lib.experiment import prepare
-from rmd_lib.manifold_training import (confidence_path, path_endpoints, path_statistics,
-                                       robust_classifier, start_class_probability)
+from rmd_lib.manifold_training import (compare_pairs, confidence_path, path_endpoints,
+                                       path_statistics, robust_classifier,
+                                       start_class_probability)
 from rmd_lib.plotting import image_grid, set_style
 
 set_style()
@@ -132,10 +133,14 @@ plt.show()
 # For each classifier:
 #
 # - **clean**: accuracy on the test set (`P.n_test` images), alone;
-# - **pairs**: the previous chapter's search, with early stopping and the same seed and
-#   budget $\varepsilon$ = `P.at_eps`, run against this classifier: the share of pairs that
-#   are valid and classified differently, that share among valid pairs, and the mean
-#   divergence over valid pairs;
+# - **pairs**: the previous chapter's search at budget $\varepsilon$ = `P.at_eps`, run
+#   against this classifier from the same starting latents (the same seed) as against the
+#   others, so that search $i$ is paired across classifiers. Every search runs all its
+#   steps: with early stopping a search ends at the first label flip, and the mean
+#   divergence would mix barely-flipped pairs with fully run ones in proportions that
+#   depend on the classifier. The columns give the share of searches that end valid and
+#   classified differently, that share among valid pairs, and the mean divergence over
+#   valid pairs;
 # - **white-box PGD**: the classifier's own accuracy under $L_2$ PGD at `P.pgd_at_eps`,
 #   without INC;
 # - **INC** with this classifier, clean and under transferred FGSM and PGD and tangent
@@ -156,7 +161,7 @@ def attacks_for(s, clf):
 
 
 EPS = P.pgd_at_eps
-tables, robust, paths, projections = {}, {}, {}, {}
+tables, robust, paths, projections, paired = {}, {}, {}, {}, {}
 with run.timer("evaluation"):
     for name, s in setups.items():
         x, y = s.test_images(P.n_adaptive, dev)
@@ -165,9 +170,9 @@ with run.timer("evaluation"):
         projections[name] = proj
         z_a, z_b = path_endpoints(proj.z, y, P.n_paths)
         rows, robust[name], paths[name] = [], {}, {}
-        for label, clf in models[name].items():
-            pairs = minmax_pairs(s.G, clf, P.at_eps, P.minmax_n, steps=P.minmax_steps, seed=seed)
-            summary = pairs.summary()
+        pair_rows, paired[name] = compare_pairs(s.G, models[name], P.at_eps, P.minmax_n,
+                                                steps=P.minmax_steps, seed=seed)
+        for (label, clf), summary in zip(models[name].items(), pair_rows):
             defense = s.inc(P, seed)
             defense.classifier = clf
             table = robust_accuracy_table(defense, x, y, attacks_for(s, clf), [EPS], norm="l2")
@@ -190,6 +195,12 @@ with run.timer("evaluation"):
         display(Markdown(f"**{name}**: pairs at $L_2$ {P.at_eps:g}; attacks at $L_2$ {EPS:g} "
                          f"({P.n_adaptive} images for INC and white-box PGD)\n\n"
                          + markdown_table(rows)))
+        display(Markdown("Pairs, paired over the same starting latents, against the standard "
+                         "classifier (mean difference and 95% interval):\n\n" + "\n".join(
+            f"- {label}: score {d['score']['mean']:+.3f} ({d['score']['low']:+.3f} to "
+            f"{d['score']['high']:+.3f}); success {d['success']['mean']:+.3f} "
+            f"({d['success']['low']:+.3f} to {d['success']['high']:+.3f}, McNemar "
+            f"p = {d['success']['p_mcnemar']:.2g})" for label, d in paired[name].items())))
 
 # %% [markdown]
 # ## The softer boundary
@@ -230,10 +241,12 @@ for name, s in setups.items():
 # %% [markdown]
 # ## What this chapter measured
 #
-# In `standard` and `paper` the notebook checks what the issue that planned it asked for:
-# against the standard classifier, manifold training lowers the mean divergence of valid
-# pairs and the share of valid pairs classified differently, and costs at most 2 points of
-# clean accuracy. Every measured value is in the results file, whether or not it holds.
+# In `standard` and `paper` the notebook checks what the paper predicts: against the
+# standard classifier, manifold training lowers the divergence that the pair search
+# reaches and the share of searches that end valid and classified differently (each a
+# paired difference over the same starting latents, claimed only when its 95% interval
+# lies below zero), and it keeps the clean accuracy (at most 2 points lost). Every
+# measured value is in the results file, whether or not it holds.
 
 # %%
 headline = {}
@@ -251,14 +264,21 @@ for name in names:
                 headline[f"{key}_{short}"] = r[column]
     base, man = by["standard"], by["manifold"]
     if P.name != "smoke":
-        run.claim(f"{name}: mean pair divergence, manifold minus standard",
-                  man["pairs: mean divergence"] - base["pairs: mean divergence"], "<", 0)
-        run.claim(f"{name}: share of valid pairs classified differently, manifold minus standard",
-                  man["pairs: different among valid"] - base["pairs: different among valid"], "<", 0)
+        for key, what in (("score", "mean pair score (divergence where valid, else 0)"),
+                          ("success", "share of searches valid and classified differently")):
+            d = paired[name]["manifold"][key]
+            run.claim(f"{name}: {what}, manifold minus standard (upper end of the paired 95% "
+                      "interval)", d["high"], "<", 0,
+                      why="the paper: training on the pairs softens the boundary; a decrease "
+                          "is claimed only when the paired interval excludes zero",
+                      detail=f"mean {d['mean']:+.3f}, interval {d['low']:+.3f} to "
+                             f"{d['high']:+.3f}, n = {d['n']}")
         run.claim(f"{name}: clean accuracy lost to manifold training",
-                  base["clean"] - man["clean"], "<=", 0.02)
-run.write(headline, comparison=tables, robust_accuracy=robust)
-run.assert_claims()
+                  base["clean"] - man["clean"], "<=", 0.02,
+                  why="the paper: no loss of accuracy; 2 points allowed, about twice the "
+                      f"standard error of an accuracy near 0.9 over {P.n_test} images")
+run.write(headline, comparison=tables, robust_accuracy=robust, paired_pairs=paired)
+run.report_claims()
 
 # %% [markdown]
 # ## Reading the table

@@ -27,11 +27,13 @@ from .attacks import divergence, minmax_pairs, pgd
 from .attacks.first_order import NORMS
 from .checks import check_eps, check_positive_int, model_device
 from .data import default_data_dir
-from .training import load_checkpoint, save_checkpoint, set_seed
+from .evaluation import paired_difference, wilson_interval
+from .training import (load_checkpoint, save_checkpoint, set_seed, trained_with,
+                       training_environment)
 
 __all__ = ["pair_loss", "manifold_adversarial_training", "pgd_adversarial_training",
            "robust_classifier", "finetune_config", "METHODS",
-           "pair_statistics", "confidence_path", "path_endpoints", "start_class_probability", "PathStats", "path_statistics"]
+           "pair_statistics", "pair_scores", "compare_pairs", "early_stop_mix", "confidence_path", "path_endpoints", "start_class_probability", "PathStats", "path_statistics"]
 
 
 def pair_loss(classifier: nn.Module, x1: torch.Tensor, x2: torch.Tensor, valid: torch.Tensor,
@@ -154,6 +156,77 @@ def pair_statistics(G: nn.Module, classifier: nn.Module, eps: float, n: int, *, 
     return {"eps": float(eps), **pairs.summary()}
 
 
+def pair_scores(pairs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per search of a :class:`~rmd_lib.attacks.MinMaxPairs`: whether it succeeded (valid and
+    classified differently) as 0/1, and its divergence where valid, else 0 (the attacker found
+    nothing within the budget). Both (N,), so searches from the same starts can be paired."""
+    success = pairs.success.float()
+    score = torch.where(pairs.valid, pairs.divergence, torch.zeros_like(pairs.divergence))
+    return success.cpu(), score.cpu()
+
+
+def compare_pairs(G: nn.Module, classifiers: dict, eps: float, n: int, *, steps: int,
+                  seed: int = 0, baseline: str | None = None, kind: str = "sym_kl",
+                  **options) -> tuple[list[dict], dict]:
+    """The same min-max search against each classifier, paired search by search.
+
+    Every classifier gets the same ``n`` starting latents (the same ``seed``), and every
+    search runs all ``steps`` steps (no early stopping), ending at its most divergent valid
+    iterate. Early stopping would end a search at the first label flip, so the mean
+    divergence would mix barely-flipped pairs with fully run ones, in proportions that
+    depend on the classifier; without it the divergence measures the same thing for all.
+
+    Returns ``rows`` (one per classifier: the summary, the success share with its 95% Wilson
+    interval, and the mean per-search score of :func:`pair_scores`) and ``paired``: for each
+    classifier other than ``baseline`` (default: the first), the paired differences of
+    success and of score against the baseline, each with its 95% interval (and McNemar's
+    p-value for success), from :func:`~rmd_lib.evaluation.paired_difference`.
+    """
+    if not classifiers:
+        raise ValueError("classifiers must map at least one name to a classifier.")
+    if options.get("early_stop", False):
+        raise ValueError("compare_pairs runs every search to the end; do not pass early_stop=True.")
+    options.pop("early_stop", None)
+    baseline = baseline if baseline is not None else next(iter(classifiers))
+    if baseline not in classifiers:
+        raise ValueError(f"baseline {baseline!r} is not one of {list(classifiers)}.")
+    rows, scores = [], {}
+    for label, clf in classifiers.items():
+        pairs = minmax_pairs(G, clf, eps, n, steps=steps, seed=seed, kind=kind,
+                             early_stop=False, **options)
+        success, score = pair_scores(pairs)
+        scores[label] = (success, score)
+        low, high = wilson_interval(float(success.sum()), len(success))
+        rows.append({"classifier": label, "eps": float(eps), **pairs.summary(),
+                     "success low": low, "success high": high,
+                     "mean score": float(score.mean())})
+    paired = {}
+    for label, (success, score) in scores.items():
+        if label != baseline:
+            base_success, base_score = scores[baseline]
+            paired[label] = {"success": paired_difference(base_success, success),
+                             "score": paired_difference(base_score, score)}
+    return rows, paired
+
+
+def early_stop_mix(pairs, steps: int) -> dict[str, float]:
+    """What an early-stopped search's mean divergence is made of: the share of searches that
+    stopped at a label flip before ``steps``, the mean divergence of those, and of the valid
+    searches that ran all ``steps``; last, their mix, the mean over all valid searches."""
+    steps = check_positive_int(steps, "steps")
+    nan = float("nan")
+    stopped = (pairs.steps < steps) & pairs.valid
+    full = (pairs.steps >= steps) & pairs.valid
+
+    def mean(mask):
+        return float(pairs.divergence[mask].mean()) if bool(mask.any()) else nan
+
+    return {"stopped at a flip": float(stopped.float().mean()),
+            "mean divergence (stopped)": mean(stopped),
+            "mean divergence (ran to the end)": mean(full),
+            "mean divergence (valid)": mean(pairs.valid)}
+
+
 def confidence_path(G: nn.Module, classifier: nn.Module, z_a: torch.Tensor, z_b: torch.Tensor,
                     n: int = 33) -> tuple[torch.Tensor, torch.Tensor]:
     """The classifier's softmax along straight latent paths: for P paths from ``z_a`` to
@@ -274,7 +347,7 @@ def robust_classifier(method: str, base: nn.Module, dataset, profile, *, G: nn.M
     if path.exists():
         load_checkpoint(net, path)
         history = _stored_history(path)
-        source = f"cache {path.name}"
+        source = f"cache {path.name}{trained_with(path)}"
     else:
         set_seed(seed)
         P, x, y = profile, dataset.x_train, dataset.y_train
@@ -287,8 +360,9 @@ def robust_classifier(method: str, base: nn.Module, dataset, profile, *, G: nn.M
         else:
             history = pgd_adversarial_training(net, x, y, eps=P.pgd_at_eps, norm="l2",
                                                attack_steps=P.pgd_at_attack_steps, **common)
-        save_checkpoint(net, path, {**cfg, "history": history})
-        source = f"trained now, cached as {path.name}"
+        save_checkpoint(net, path, {**cfg, "history": history,
+                                    "trained_with": training_environment(model_device(net))})
+        source = f"trained now, cached as {path.name}{trained_with(path)}"
     net.eval()
     net.provenance = source
     net.history = history

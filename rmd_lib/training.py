@@ -23,7 +23,8 @@ from .profiles import Profile, resolve_device
 
 __all__ = [
     "set_seed", "train_classifier", "train_vae", "train_wgan_gp", "train_began", "pretrained_or_train",
-    "save_checkpoint", "load_checkpoint", "model_config", "CACHE_FORMAT",
+    "save_checkpoint", "load_checkpoint", "model_config", "CACHE_FORMAT", "training_environment",
+    "trained_with",
 ]
 
 # Bump when a change to the models or loops makes old cached checkpoints wrong.
@@ -175,6 +176,29 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
 _KINDS = ("classifier", "vae", "gan", "began")
 
 
+def training_environment(device) -> dict:
+    """What the cache key leaves out but the weights depend on: training is bit-identical
+    across runs with the same torch build, device and CPU thread count, but the order of
+    floating-point sums changes with the thread count, and a long training run (the BEGAN's
+    most of all) amplifies that into different weights."""
+    return {"torch": torch.__version__, "device": str(device),
+            "cpu_threads": torch.get_num_threads()}
+
+
+def trained_with(path: Path) -> str:
+    """`` (trained with torch X on cpu, N threads)`` from a cached checkpoint's metadata."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            env = json.loads((f.metadata() or {}).get("config", "{}")).get("trained_with")
+    except Exception:  # noqa: BLE001 - provenance is informative only
+        env = None
+    if not env:
+        return ""
+    return f" (trained with torch {env['torch']} on {env['device']}, {env['cpu_threads']} CPU threads)"
+
+
 def model_config(kind: str, dataset: Dataset, profile: Profile, seed: int) -> dict:
     """Everything that determines a trained model; its hash names the cache entry."""
     if kind not in _KINDS:
@@ -269,13 +293,13 @@ def pretrained_or_train(kind: str, dataset: Dataset, profile: Profile, *, seed: 
         path = Path(cache_dir or default_data_dir() / "cache") / f"{kind}-{dataset.name}-{key}.safetensors"
         if path.exists():
             load_checkpoint(model, path)
-            source = f"cache {path.name}"
+            source = f"cache {path.name}{trained_with(path)}"
         else:
             set_seed(seed)  # the initial weights depend on the seed alone
             model = _build(cfg, len(dataset.classes)).to(device)
             _train(model, cfg, dataset, device, progress)
-            save_checkpoint(model, path, cfg)
-            source = f"trained now, cached as {path.name}"
+            save_checkpoint(model, path, {**cfg, "trained_with": training_environment(device)})
+            source = f"trained now, cached as {path.name}{trained_with(path)}"
     model = model.to(device).eval()
     model.provenance = source  # recorded by the results writer
     if verbose:

@@ -9,9 +9,12 @@ For each ``notebooks/*.ipynb`` (sorted by name) this writes
     DIR/results/<chapter>.json   written by the notebook itself (results_dir parameter)
     DIR/timings.json             wall time of each notebook
 
-where ``<chapter>`` is the file stem without its ``NN_`` prefix. It stops at the first
-notebook that fails, naming it and the cell that raised. Run it with the virtualenv's
-Python: the kernel it starts is that interpreter.
+where ``<chapter>`` is the file stem without its ``NN_`` prefix. A claim that does not hold
+is reported (in the chapter's box, in its results file and in the summary printed here), and
+does not stop the run, unless ``RMD_STRICT=1`` (as ``make test`` sets): then the notebook
+raises and counts as failed. A notebook that fails is named with the cell that raised; the
+run goes on with the next ones (``--stop-early`` stops at the first) and exits 1 at the end.
+Run it with the virtualenv's Python: the kernel it starts is that interpreter.
 """
 from __future__ import annotations
 
@@ -98,17 +101,31 @@ def describe_failure(nb: Path, exc: Exception, output: Path) -> str:
     return "\n".join(lines)
 
 
+def claims_of(results_file: Path) -> dict | None:
+    """How many of a results file's claims hold, and the names of those that do not."""
+    try:
+        claims = json.loads(results_file.read_text()).get("claims", [])
+    except (OSError, ValueError):
+        return None
+    failed = [c.get("name", "?") for c in claims if not c.get("passed")]
+    return {"held": len(claims) - len(failed), "total": len(claims), "failed": failed}
+
+
 def print_summary(profile: str, timings: dict) -> None:
     rows = timings["notebooks"]
     width = max([len(n) for n in rows] + [8])
     budget = BUDGET_PER_NOTEBOOK.get(profile)
-    print(f"\nprofile {profile}: notebook wall times")
-    print(f"  {'notebook':<{width}}  {'seconds':>8}  status")
+    print(f"\nprofile {profile}: notebook wall times and claims")
+    print(f"  {'notebook':<{width}}  {'seconds':>8}  {'claims':>7}  status")
     for name, row in rows.items():
         note = row["status"]
         if budget is not None and row["seconds"] > budget:
             note += f" (over the {budget:.0f} s budget of profile {profile})"
-        print(f"  {name:<{width}}  {row['seconds']:8.1f}  {note}")
+        c = row.get("claims")
+        held = f"{c['held']}/{c['total']}" if c else "-"
+        print(f"  {name:<{width}}  {row['seconds']:8.1f}  {held:>7}  {note}")
+        for failed in (c or {}).get("failed", []):
+            print(f"  {'':<{width}}  {'':>8}  {'FAIL':>7}  {failed}")
     total = sum(r["seconds"] for r in rows.values())
     note = ""
     if profile in BUDGET_TOTAL and total > BUDGET_TOTAL[profile]:
@@ -125,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="also stream cell outputs to this log")
     ap.add_argument("--cell-timeout", type=int, default=None,
                     help="seconds a single cell may run (default: no limit)")
+    ap.add_argument("--stop-early", action="store_true",
+                    help="stop at the first notebook that fails (default: run them all)")
     args = ap.parse_args(argv)
 
     import papermill as pm  # imported late so that --help works without it
@@ -146,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         if previous.get("profile") == args.profile:
             timings["notebooks"] = previous.get("notebooks", {})
 
+    failures = []
     for nb in notebooks:
         chapter = chapter_name(nb)
         results_file = results_dir / f"{chapter}.json"
@@ -166,23 +186,34 @@ def main(argv: list[str] | None = None) -> int:
                 log_output=args.log_output,
                 execution_timeout=args.cell_timeout,
             )
-        except Exception as exc:  # noqa: BLE001 - any failure ends the run with a report
+        except Exception as exc:  # noqa: BLE001 - any failure is reported, then the next runs
             seconds = time.perf_counter() - start
-            timings["notebooks"][nb.stem] = {"seconds": round(seconds, 1), "status": "failed"}
+            timings["notebooks"][nb.stem] = {"seconds": round(seconds, 1), "status": "failed",
+                                             "claims": claims_of(results_file)}
             timings_path.write_text(json.dumps(timings, indent=2) + "\n")
-            print_summary(args.profile, timings)
-            print("\n" + describe_failure(nb, exc, output), file=sys.stderr)
-            return 1
+            report = describe_failure(nb, exc, output)
+            failures.append(report)
+            print("\n" + report, file=sys.stderr, flush=True)
+            if args.stop_early:
+                break
+            continue
         seconds = time.perf_counter() - start
         status = "ok"
         if not results_file.exists():
             status = f"ok, but wrote no results/{chapter}.json"
             print(f"warning: {nb.name} did not write {results_file}", file=sys.stderr)
-        timings["notebooks"][nb.stem] = {"seconds": round(seconds, 1), "status": status}
+        claims = claims_of(results_file)
+        timings["notebooks"][nb.stem] = {"seconds": round(seconds, 1), "status": status,
+                                         "claims": claims}
         timings_path.write_text(json.dumps(timings, indent=2) + "\n")
-        print(f"    done in {seconds:.1f} s", flush=True)
+        held = f", claims {claims['held']}/{claims['total']} hold" if claims else ""
+        print(f"    done in {seconds:.1f} s{held}", flush=True)
 
     print_summary(args.profile, timings)
+    if failures:
+        print(f"\n{len(failures)} notebook(s) failed:\n\n" + "\n\n".join(failures),
+              file=sys.stderr)
+        return 1
     print(f"\nexecuted notebooks: {executed_dir}\nresults: {results_dir}\ntimings: {timings_path}")
     return 0
 

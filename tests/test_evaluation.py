@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from rmd_lib.attacks import fgsm, pgd
-from rmd_lib.evaluation import Run, accuracy, attack_table, markdown_table, predict, start_run
+from rmd_lib.evaluation import (Run, accuracy, attack_table, markdown_table, paired_difference,
+                                predict, start_run, strict_claims, wilson_interval)
 
 
 def test_accuracy_of_fixed_logits(fixed_logits):
@@ -88,7 +89,7 @@ def test_claims_pass_and_fail(run):
     assert run.claim("nan never passes", float("nan"), "<=", 1.0) is False
     assert [c["passed"] for c in run.claims] == [True, False, True, True, False]
     assert run.claims[0] == {"name": "accuracy high", "value": 0.9, "op": ">=",
-                             "threshold": 0.8, "passed": True}
+                             "threshold": 0.8, "passed": True, "why": None, "detail": None}
     with pytest.raises(ValueError, match="op must be one of"):
         run.claim("bad op", 1.0, "==", 1.0)
 
@@ -103,6 +104,60 @@ def test_assert_claims(run):
     assert "robust accuracy" in msg and "0.12 >= 0.6" in msg
     assert "1 claim(s)" in msg and "99_test_chapter" in msg and "smoke" in msg
     assert "fine" not in msg
+
+
+def test_report_claims_shows_a_failure_and_raises_only_when_strict(run, monkeypatch, capsys):
+    run.claim("robust accuracy", 0.12, ">=", 0.6, why="the paper's figure", detail="n = 200")
+    run.claim("fine", 1.0, ">=", 0.5)
+    monkeypatch.delenv("RMD_STRICT", raising=False)
+    run.report_claims()  # a reader's build: reported, not raised
+    box = capsys.readouterr().out
+    assert "What this run shows: 1 of 2 claims hold" in box and ":class: warning" in box
+    assert "| **FAIL** | robust accuracy | 0.12 (n = 200) | >= 0.6 | the paper's figure |" in box
+    assert "| **PASS** | fine | 1 | >= 0.5 |  |" in box
+    monkeypatch.setenv("RMD_STRICT", "1")
+    with pytest.raises(AssertionError, match="robust accuracy"):
+        run.report_claims()
+    monkeypatch.setenv("RMD_STRICT", "yes")
+    with pytest.raises(ValueError, match="RMD_STRICT must be 0 or 1"):
+        strict_claims()
+
+
+def test_claims_box_when_all_hold_or_none_is_checked(run):
+    assert "0 of 0 claims hold" in run.claims_markdown() and "checks no claim" in run.claims_markdown()
+    run.claim("a|b", 1.0, ">=", 0.5)
+    box = run.claims_markdown()
+    assert ":class: tip" in box and "1 of 1 claims hold" in box
+    assert "a\\|b" in box  # a pipe in a name does not break the table
+
+
+def test_wilson_interval_known_values():
+    # Wilson (1927); 95%: 0 of 10 gives [0, 0.2775], 5 of 10 gives [0.2366, 0.7634].
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    low, high = wilson_interval(873, 1000)
+    assert low < 0.873 < high and high - low == pytest.approx(0.0413, abs=1e-3)
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(11, 10)
+    with pytest.raises(ValueError, match="n must be"):
+        wilson_interval(0, 0)
+
+
+def test_paired_difference_means_intervals_and_mcnemar():
+    a = torch.tensor([1, 1, 0, 0, 1, 0, 1, 1, 0, 0], dtype=torch.bool)
+    b = torch.tensor([1, 0, 0, 0, 0, 0, 1, 0, 0, 0], dtype=torch.bool)
+    d = paired_difference(a, b)
+    assert d["mean"] == pytest.approx(-0.3) and d["n"] == 10
+    assert d["low"] < -0.3 < d["high"]
+    # three discordant pairs, all lost: the exact two-sided binomial p is 2 / 2**3
+    assert d["p_mcnemar"] == pytest.approx(0.25)
+    # a constant shift has no spread: the interval is the shift itself
+    x = np.linspace(0, 1, 20)
+    d = paired_difference(x, x - 0.5)
+    assert d["low"] == pytest.approx(-0.5) and d["high"] == pytest.approx(-0.5)
+    assert "p_mcnemar" not in d
+    with pytest.raises(ValueError, match="paired"):
+        paired_difference(x, x[:5])
 
 
 def test_write_results_file(run, tmp_path, tiny_mnist):

@@ -12,7 +12,8 @@ from torch import nn
 from rmd_lib.attack_tables import pair_table
 from rmd_lib.attacks import divergence, minmax_pairs, pgd
 from rmd_lib.evaluation import accuracy
-from rmd_lib.manifold_training import (confidence_path, finetune_config,
+from rmd_lib.manifold_training import (compare_pairs, confidence_path, early_stop_mix,
+                                       finetune_config, pair_scores,
                                        manifold_adversarial_training, pair_loss,
                                        pair_statistics, path_endpoints, path_statistics,
                                        pgd_adversarial_training, robust_classifier,
@@ -234,3 +235,48 @@ def test_robust_classifier_trains_once_then_loads_the_same_weights(tmp_path, tin
         finetune_config("manifold", base, P, 0)
     with pytest.raises(ValueError, match="method must be one of"):
         finetune_config("trades", base, P, 0, G)
+
+
+def test_compare_pairs_is_paired_and_runs_every_search_to_the_end(tiny_generator, make_net):
+    G, sharp, soft = tiny_generator, sharp_net(make_net), make_net()
+    rows, paired = compare_pairs(G, {"sharp": sharp, "soft": soft}, 0.5, 24, steps=15, seed=3)
+    assert [r["classifier"] for r in rows] == ["sharp", "soft"]
+    # the same search, from the same starts, run by hand against each classifier
+    for r, clf in zip(rows, (sharp, soft)):
+        pairs = minmax_pairs(G, clf, 0.5, 24, steps=15, seed=3, early_stop=False)
+        assert bool((pairs.steps == 15).all())  # no search stopped early
+        success, score = pair_scores(pairs)
+        assert r["valid and different"] == pytest.approx(float(success.mean()))
+        assert r["mean score"] == pytest.approx(float(score.mean()))
+        assert r["success low"] <= r["valid and different"] <= r["success high"]
+    assert list(paired) == ["soft"]  # the first classifier is the baseline
+    s_sharp = pair_scores(minmax_pairs(G, sharp, 0.5, 24, steps=15, seed=3, early_stop=False))
+    s_soft = pair_scores(minmax_pairs(G, soft, 0.5, 24, steps=15, seed=3, early_stop=False))
+    d = paired["soft"]["score"]
+    assert d["mean"] == pytest.approx(float((s_soft[1] - s_sharp[1]).mean()), abs=1e-6)
+    assert d["low"] <= d["mean"] <= d["high"] and d["n"] == 24
+    with pytest.raises(ValueError, match="early_stop"):
+        compare_pairs(G, {"a": sharp}, 0.5, 4, steps=2, early_stop=True)
+    with pytest.raises(ValueError, match="baseline"):
+        compare_pairs(G, {"a": sharp}, 0.5, 4, steps=2, baseline="b")
+
+
+def test_pair_scores_count_an_invalid_search_as_zero(tiny_generator, make_net):
+    pairs = minmax_pairs(tiny_generator, make_net(), 0.5, 16, steps=5, seed=0, early_stop=False)
+    pairs.valid[:4] = False
+    success, score = pair_scores(pairs)
+    assert torch.equal(score[:4], torch.zeros(4)) and not success[:4].any()
+    assert torch.equal(score[4:], pairs.divergence[4:].cpu())
+
+
+def test_early_stop_mix_splits_the_mean(tiny_generator, make_net):
+    G, net = tiny_generator, sharp_net(make_net)
+    pairs = minmax_pairs(G, net, 1.0, 64, steps=40, seed=0)  # early stopping, as the attacker
+    mix = early_stop_mix(pairs, 40)
+    stopped = (pairs.steps < 40) & pairs.valid
+    assert mix["stopped at a flip"] == pytest.approx(float(stopped.float().mean()))
+    assert 0 < mix["stopped at a flip"] < 1, "the example should mix both kinds of search"
+    # the mean over valid searches is the share-weighted mean of the two parts
+    share = float(stopped.sum()) / float(pairs.valid.sum())
+    mixed = share * mix["mean divergence (stopped)"] + (1 - share) * mix["mean divergence (ran to the end)"]
+    assert mix["mean divergence (valid)"] == pytest.approx(mixed, rel=1e-5)

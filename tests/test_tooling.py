@@ -66,6 +66,21 @@ def test_chapter_name_drops_the_number_prefix():
 
 
 
+def test_runner_reports_claims_per_notebook(tmp_path: Path, capsys):
+    results = tmp_path / "faces.json"
+    results.write_text(json.dumps({"claims": [
+        {"name": "held", "passed": True}, {"name": "divergence falls", "passed": False}]}))
+    claims = run_notebooks.claims_of(results)
+    assert claims == {"held": 1, "total": 2, "failed": ["divergence falls"]}
+    assert run_notebooks.claims_of(tmp_path / "missing.json") is None
+    timings = {"notebooks": {"08_faces": {"seconds": 12.0, "status": "ok", "claims": claims},
+                             "09_dip": {"seconds": 3.0, "status": "failed", "claims": None}}}
+    run_notebooks.print_summary("standard", timings)
+    out = capsys.readouterr().out
+    assert "08_faces" in out and "1/2" in out and "FAIL  divergence falls" in out
+    assert "09_dip" in out and "failed" in out
+
+
 def test_pages_workflow_builds_with_the_readme_command():
     """The published site is built the way the README tells a reader to build it."""
     import yaml
