@@ -5,9 +5,10 @@
 
 Reads the current URL from ``repository: url:`` in _config.yml and rewrites every
 reference to that repository in the project's text files: the config itself, the Colab
-badges in notebooks/*.ipynb and their .py twins, the README and the book pages. Both
-forms are rewritten, ``github.com/OWNER/REPO`` and Colab's
-``colab.research.google.com/github/OWNER/REPO``. Standard library only, so it runs
+badges in notebooks/*.ipynb and their .py twins, the README and the book pages. Three
+forms are rewritten: ``github.com/OWNER/REPO``, Colab's
+``colab.research.google.com/github/OWNER/REPO`` and the published site,
+``https://OWNER.github.io/REPO/``. Standard library only, so it runs
 before the virtualenv exists.
 """
 from __future__ import annotations
@@ -65,6 +66,8 @@ def rewrite(root: Path, new_url: str) -> list[Path]:
         + re.escape(f"{old_owner}/{old_repo}")
         + r"(?![\w-]|\.(?!git\b)\w)"
     )
+    # The published site: https://OWNER.github.io/REPO/ (GitHub Pages).
+    pages = re.compile(re.escape(f"https://{old_owner}.github.io/{old_repo}/"))
     changed = []
     for path in project_files(root):
         try:
@@ -72,6 +75,7 @@ def rewrite(root: Path, new_url: str) -> list[Path]:
         except (UnicodeDecodeError, OSError):
             continue
         new_text = pattern.sub(lambda m: f"{m.group(1)}{new_owner}/{new_repo}", text)
+        new_text = pages.sub(f"https://{new_owner}.github.io/{new_repo}/", new_text)
         if new_text != text:
             path.write_text(new_text, encoding="utf-8")
             changed.append(path)

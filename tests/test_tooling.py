@@ -37,7 +37,8 @@ def tree(tmp_path: Path) -> Path:
                                                "nbformat": 4, "nbformat_minor": 5}))
     (nb / "01_x.py").write_text(f"# %% [markdown]\n# [![Open In Colab](badge.svg)]({BADGE})\n")
     (tmp_path / "README.md").write_text(
-        f"git clone {OLD}.git\nsee {OLD}.\nnot ours: https://github.com/old-owner/old-book-2\n")
+        f"git clone {OLD}.git\nsee {OLD}.\nnot ours: https://github.com/old-owner/old-book-2\n"
+        "read it at https://old-owner.github.io/old-book/ online\n")
     return tmp_path
 
 
@@ -52,6 +53,7 @@ def test_set_repo_url_rewrites_config_badges_and_readme(tree: Path):
     readme = (tree / "README.md").read_text()
     assert f"{new}.git" in readme and f"see {new}." in readme
     assert "old-owner/old-book-2" in readme  # a longer name is someone else's repository
+    assert "read it at https://new-org.github.io/new-book/ online" in readme
 
 
 def test_set_repo_url_rejects_non_github_urls(tree: Path):
