@@ -68,7 +68,7 @@ from IPython.display import Markdown, display
 from rmd_lib.attack_tables import robust_accuracy_table
 from rmd_lib.attacks import BPDA, fgsm, latent_space_attack, pgd
 from rmd_lib.data import dataset_names
-from rmd_lib.evaluation import accuracy, markdown_table, start_run
+from rmd_lib.evaluation import markdown_table, start_run
 from rmd_lib.experiment import prepare
 from rmd_lib.plotting import image_grid, set_style
 
@@ -87,8 +87,11 @@ EPS = {"linf": [0.1, 0.2, 0.3], "l2": [1.0, 2.0, 3.0]}
 # PGD steps it runs a cheaper projection of its own (the profile's `attack_proj` steps and
 # restarts), and the final adversarial images are judged by the full defense. Every attack
 # is a function of $(x, y, \varepsilon, \text{norm})$, so one table function runs them all
-# and adds the **worst case**: an image counts as robust only if INC gets it right under
-# every attack.
+# and adds the **worst case**: an image counts as robust only if INC gets it right when
+# clean and under every attack. INC is randomised, so the table scores every input on the
+# *same* draw of its restarts (the defense's random streams start over before each
+# scoring): the worst case then combines outcomes of one defense, image by image, rather
+# than of different draws, and the `clean` column is INC's accuracy on that draw.
 
 # %%
 def attacks_for(s):
@@ -114,9 +117,9 @@ with run.timer("attacks"):
     for name, s in setups.items():
         x, y = s.test_images(P.n_adaptive, dev)
         defense, attacks = s.inc(P, seed), attacks_for(s)
-        clean[name] = accuracy(defense, x, y)
         tables[name] = {norm: robust_accuracy_table(defense, x, y, attacks, eps, norm=norm)
                         for norm, eps in EPS.items()}
+        clean[name] = tables[name][next(iter(EPS))][0]["clean"]
 
 for name in names:
     for norm in EPS:
@@ -137,7 +140,7 @@ for i, name in enumerate(names):
     for j, norm in enumerate(EPS):
         ax, rows = axes[i][j], tables[name][norm]
         eps = [0.0] + [r["eps"] for r in rows]
-        for k, attack in enumerate([a for a in rows[0] if a not in ("norm", "eps")]):
+        for k, attack in enumerate([a for a in rows[0] if a not in ("norm", "eps", "clean")]):
             style = dict(lw=3, color="k") if attack == "worst case" else dict(
                 ls="--" if attack in FIRST_ORDER else "-", marker="o", ms=3, color=f"C{k}")
             ax.plot(eps, [clean[name]] + [r[attack] for r in rows], label=attack, **style)

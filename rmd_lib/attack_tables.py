@@ -12,6 +12,7 @@ import torch
 
 from .attacks import UnrolledINC, cw_l2, input_gradient, minmax_pairs, pgd
 from .evaluation import accuracy, predict
+from .randomness import randomised
 
 __all__ = ["cw_table", "unrolled_table", "transfer_table", "robust_accuracy_table", "pair_table",
            "correct"]
@@ -24,16 +25,20 @@ def correct(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> t
 
 def cw_table(classifier, inc, x, y, kappas, *, steps: int, binary_steps: int) -> list[dict]:
     """CW L2 crafted on ``classifier`` at each confidence kappa; accuracy of the classifier and
-    of INC on the examples, the median L2 distance of those found, and the share found."""
+    of INC on the examples, and, among the images the classifier got right before the
+    attack, the share for which CW found an example it misclassifies (``found``) and the
+    median L2 distance of those. An image the classifier already gets wrong needs no attack,
+    and counting it would add examples of distance about 0 that were never searched for."""
+    right = correct(classifier, x, y)
     rows = []
     for kappa in kappas:
         x_adv = cw_l2(classifier, x, y, kappa=float(kappa), steps=steps, binary_steps=binary_steps)
         dist = (x_adv - x).flatten(1).norm(dim=1)
-        found = dist > 0
+        found = right & ~correct(classifier, x_adv, y)
         rows.append({"kappa": float(kappa), "classifier": accuracy(classifier, x_adv, y),
                      "INC": accuracy(inc, x_adv, y),
                      "median L2": float(dist[found].median()) if found.any() else 0.0,
-                     "found": float(found.float().mean())})
+                     "found": float(found.sum()) / max(int(right.sum()), 1)})
     return rows
 
 
@@ -74,17 +79,27 @@ def robust_accuracy_table(defense, x, y, attacks: dict, eps_list, *, norm: str,
     """Accuracy of ``defense`` under each attack at each eps, and under the worst case.
 
     ``attacks`` maps a name to a function ``(x, y, eps, norm) -> x_adv``. The ``worst case``
-    column counts an image as robust only if the defense classifies it correctly under every
-    attack: the accuracy against an adversary who tries them all and keeps what works.
+    column counts an image as robust only if the defense classifies it correctly when clean
+    and under every attack: the accuracy against an adversary who tries them all and keeps
+    what works. A randomised defense scores every input on the same draw of its randomness
+    (its streams are reset before each scoring), so the worst case ANDs outcomes of one
+    defense, not of different draws; ``clean`` is the defense's accuracy on that draw.
     """
     from tqdm.auto import tqdm
 
+    draws = randomised(defense)
+
+    def score(x_in):
+        for d in draws:
+            d.reset()
+        return correct(defense, x_in, y)
+
+    clean = score(x)
     rows = []
     for eps in tqdm(eps_list, desc=f"robust accuracy ({norm})", disable=not progress):
-        row, robust = {"norm": norm, "eps": float(eps)}, torch.ones(len(x), dtype=torch.bool,
-                                                                   device=x.device)
+        row, robust = {"norm": norm, "eps": float(eps), "clean": float(clean.float().mean())}, clean.clone()
         for name, attack in attacks.items():
-            ok = correct(defense, attack(x, y, eps, norm), y)
+            ok = score(attack(x, y, eps, norm))
             row[name] = float(ok.float().mean())
             robust &= ok
         row["worst case"] = float(robust.float().mean())

@@ -147,7 +147,8 @@ def bench_minmax(n: int = 256, n_loop: int = 64, eps: float = 2.0, steps: int = 
                             cache_dir=cache_dir, verbose=False)
     minmax_pairs(G, C, eps, n=4, steps=3)  # warm-up
     batched, t_b = _timed(lambda: minmax_pairs(G, C, eps, n=n, steps=steps, seed=seed))
-    singles, t_l = _timed(lambda: [minmax_pairs(G, C, eps, n=1, steps=steps, seed=seed + 1 + i)
+    # the loop runs the batch's first n_loop pairs, each from its own stream
+    singles, t_l = _timed(lambda: [minmax_pairs(G, C, eps, n=1, steps=steps, seed=seed, indices=[i])
                                    for i in range(n_loop)])
     rate_b = float(batched.success.float().mean())
     rate_l = float(torch.cat([r.success for r in singles]).float().mean())
@@ -174,7 +175,7 @@ def bench_dip(n: int = 4, size: int = 64, steps: int = 100, width: int = 32, dep
     opts = dict(width=width, depth=depth)
     deep_image_prior(x[:2], 3, **opts)  # warm-up: allocator and kernels
     batched, t_b = _timed(lambda: deep_image_prior(x, steps, seed=seed, **opts))
-    singles, t_l = _timed(lambda: [deep_image_prior(x[i:i + 1], steps, seed=seed + i, **opts)
+    singles, t_l = _timed(lambda: [deep_image_prior(x[i:i + 1], steps, seed=seed, indices=[i], **opts)
                                    for i in range(n)])
     mse_b = batched.mse[-1]
     mse_l = torch.cat([r.mse[-1] for r in singles])

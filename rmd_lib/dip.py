@@ -22,8 +22,9 @@ from torch import nn
 
 from .checks import check_images, check_positive_int
 from .models.dip import DIPNet
+from .randomness import Draws, as_indices, stream_seed
 
-__all__ = ["DIPResult", "deep_image_prior", "DIPDefense", "DIPBPDA", "image_seeds"]
+__all__ = ["DIPResult", "deep_image_prior", "DIPDefense", "DIPBPDA"]
 
 
 @dataclass
@@ -55,16 +56,10 @@ class DIPResult:
         return self.images[self.steps.index(step)]
 
 
-def image_seeds(seed: int, n: int) -> list[int]:
-    """Image i of a batch uses seed + i, so a single fit with seed + i reproduces it."""
-    return [seed + i for i in range(n)]
-
-
-def _streams(seed: int) -> tuple[int, int]:
-    # Two independent seeds from one: the network's initialisation and its noise input
-    # must not share a stream, or z would repeat the first layer's weights.
-    a, b = np.random.SeedSequence(seed).generate_state(2)
-    return int(a), int(b)
+# The three streams of one image's fit: the network's initialisation, its fixed noise input
+# and the jitter added to that input at every step. They must not share a stream, or the input
+# would repeat the first layer's weights.
+_INIT, _INPUT, _JITTER = 0, 1, 2
 
 
 def _check_options(x, steps, record_at, depth, ema, lr, input_jitter):
@@ -100,7 +95,8 @@ def _check_options(x, steps, record_at, depth, ema, lr, input_jitter):
 def deep_image_prior(x: torch.Tensor, steps: int, *, record_at=None, mse_threshold=None,
                      lr: float = 0.01, noise_channels: int = 32, input_jitter: float = 1 / 30,
                      ema: float | None = None, width: int = 128, depth: int = 5, skip: int = 4,
-                     seed: int = 0, progress: bool = False) -> DIPResult:
+                     seed: int = 0, indices=None, call=0, sample=0,
+                     progress: bool = False) -> DIPResult:
     """Fit one DIP network per image of x (N, 3, H, W) in [0, 1] for ``steps`` Adam steps.
 
     H and W must be multiples of 2**depth. ``record_at`` lists the step counts to keep
@@ -108,28 +104,40 @@ def deep_image_prior(x: torch.Tensor, steps: int, *, record_at=None, mse_thresho
     that of the network after t - 1 updates, on the jittered noise input (Ulyanov et al.'s
     convention), or its exponential average with weight ``ema`` (e.g. 0.99) when given.
     ``mse_threshold`` also keeps each image's first reconstruction with an MSE below it.
-    Image i's initialisation and noise depend only on seed + i. Runs on x's device.
+    Image i's network and noise come from its own streams, keyed by (seed, ``indices[i]``,
+    ``call``, ``sample``) (see :mod:`rmd_lib.randomness`; ``indices`` default to 0..N-1,
+    ``call`` and ``sample`` are ints or one value per image), so a fit does not depend on
+    the batch it runs in. The initial weights and the fixed input are drawn on the CPU and
+    are the same on every device; the per-step jitter is drawn on x's device, from a
+    generator seeded by the image's stream. Runs on x's device.
     """
     steps, record = _check_options(x, steps, record_at, depth, ema, lr, input_jitter)
     check_positive_int(noise_channels, "noise_channels")
     n, _, h, w = x.shape
     dev, x = x.device, x.detach()
-    seeds = [_streams(s) for s in image_seeds(seed, n)]
+    idx = as_indices(indices, n).tolist()
+    keys = [k.flatten().tolist() if isinstance(k, torch.Tensor) else [int(k)] * n
+            for k in (call, sample)]
+    if any(len(k) != n for k in keys):
+        raise ValueError(f"call and sample must be ints or hold one value per image ({n}).")
+    streams = [(seed, i, c, s) for i, c, s in zip(idx, *keys)]
 
     nets = []
-    for init_seed, _ in seeds:
+    for key in streams:
         with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
-            torch.manual_seed(init_seed)
+            torch.manual_seed(stream_seed(*key, _INIT))
             nets.append(DIPNet(noise_channels, 3, width, skip, depth))
     net = DIPNet.stack(nets).to(dev, x.dtype)
-    gens = [torch.Generator(device=dev).manual_seed(noise_seed) for _, noise_seed in seeds]
+    # Ulyanov et al.'s input: uniform noise scaled by 1/10, fixed for the whole fit.
+    z = torch.cat([torch.rand(noise_channels, h, w, dtype=x.dtype,
+                              generator=torch.Generator().manual_seed(stream_seed(*key, _INPUT)))
+                   for key in streams]).unsqueeze(0).to(dev) / 10
+    gens = [torch.Generator(device=dev).manual_seed(stream_seed(*key, _JITTER)) for key in streams]
 
-    def noise(sample):  # image i's noise comes from its own generator: (1, N * C, H, W)
-        return torch.cat([sample(noise_channels, h, w, generator=g, device=dev, dtype=x.dtype)
+    def jitter():  # image i's jitter comes from its own generator: (1, N * C, H, W)
+        return torch.cat([torch.randn(noise_channels, h, w, generator=g, device=dev, dtype=x.dtype)
                           for g in gens]).unsqueeze(0)
 
-    # Ulyanov et al.'s input: uniform noise scaled by 1/10, fixed for the whole fit.
-    z = noise(torch.rand) / 10
     opt = torch.optim.Adam(net.parameters(), lr=lr)
 
     images, mses, avg = [], [], None
@@ -144,7 +152,7 @@ def deep_image_prior(x: torch.Tensor, steps: int, *, record_at=None, mse_thresho
     with torch.enable_grad():  # the fit needs autograd even when the caller runs under no_grad
         for t in bar:
             # A fresh perturbation of the input at each step regularises the fit.
-            z_t = z + input_jitter * noise(torch.randn) if input_jitter > 0 else z
+            z_t = z + input_jitter * jitter() if input_jitter > 0 else z
             out = net(z_t).view_as(x)
             per_image = (out - x).pow(2).flatten(1).mean(1)
             opt.zero_grad(set_to_none=True)
@@ -174,23 +182,35 @@ class DIPDefense(nn.Module):
     """The DIP-protected classifier: logits of ``classifier`` on the DIP reconstruction of x.
 
     x: (N, 3, H, W) in [0, 1]. ``dip_options`` go to :func:`deep_image_prior`; with an
-    ``mse_threshold`` the classifier sees each image's early-stopped reconstruction. The
-    output carries no gradient to x: attack it through :class:`DIPBPDA`.
+    ``mse_threshold`` the classifier sees each image's early-stopped reconstruction. Image
+    i's networks come from its own streams, keyed by its global index and the defense's call
+    count (``self.draws``), so successive calls fit fresh networks, chunking a call changes
+    nothing, and ``reset()`` scores two inputs with the same networks per image (paired).
+    The output carries no gradient to x: attack it through :class:`DIPBPDA`.
     """
 
-    def __init__(self, classifier: nn.Module, steps: int, **dip_options):
+    def __init__(self, classifier: nn.Module, steps: int, *, seed: int = 0, **dip_options):
         super().__init__()
         self.classifier = classifier
         self.steps = check_positive_int(steps, "steps")
         dip_options.pop("record_at", None)
         self.dip_options = dip_options
+        self.draws = Draws(seed)
 
-    def purify(self, x: torch.Tensor, seed: int | None = None) -> torch.Tensor:
-        """The reconstruction the classifier sees, (N, 3, H, W) in [0, 1], without gradient."""
-        opts = dict(self.dip_options)
-        if seed is not None:
-            opts["seed"] = seed
-        r = deep_image_prior(x.detach(), self.steps, **opts)
+    def reset(self) -> None:
+        """Start the defense's random streams over, from its first call."""
+        self.draws.reset()
+
+    def purify(self, x: torch.Tensor, *, indices=None, call=None, sample=0) -> torch.Tensor:
+        """The reconstruction the classifier sees, (N, 3, H, W) in [0, 1], without gradient.
+        By default one call of the defense's streams; ``indices`` and ``call`` (both) name
+        the streams instead, and ``sample`` adds a key (an EOT copy)."""
+        if (indices is None) != (call is None):
+            raise ValueError("pass both indices and call, or neither.")
+        if indices is None:
+            indices, call = self.draws.next(x.shape[0])
+        r = deep_image_prior(x.detach(), self.steps, seed=self.draws.seed, indices=indices,
+                             call=call, sample=sample, **self.dip_options)
         return r.final if r.early is None else r.early
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -201,7 +221,9 @@ class DIPBPDA(nn.Module):
     """BPDA (+EOT) surrogate of a :class:`DIPDefense`, with the model(x) -> logits form.
 
     Forward: the classifier's logits on the DIP reconstruction (with ``samples`` > 1, the log
-    of the mean softmax over that many fits with different seeds). Backward: the DIP step's
+    of the mean softmax over that many fits). Every call fits fresh networks (the wrapped
+    defense's call count moves on), and each EOT sample has its own, so EOT averages over
+    new initialisations at every attack step. Backward: the DIP step's
     Jacobian is replaced by the identity, so the gradient is the classifier's gradient at
     the reconstruction. :class:`rmd_lib.attacks.adaptive.BPDA` only wraps an
     InvertAndClassify (it calls ``project``), so a DIP defense needs this counterpart.
@@ -215,10 +237,12 @@ class DIPBPDA(nn.Module):
         self.samples = check_positive_int(samples, "samples")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # All EOT samples are one batched fit: x repeated, and since image i of a batch uses
-        # seed + i, every copy gets its own initialisation and noise.
+        # All EOT samples are one batched fit: x repeated, each copy with its own streams.
         xs = x.repeat(self.samples, 1, 1, 1)
-        x_hat = self.defense.purify(xs)
+        idx, call = self.defense.draws.next(x.shape[0])
+        sample = torch.arange(self.samples).repeat_interleave(x.shape[0])
+        x_hat = self.defense.purify(xs, indices=idx.repeat(self.samples), call=call,
+                                    sample=sample)
         x_lin = xs + (x_hat - xs).detach()  # value: the reconstruction; gradient: the identity
         log_probs = self.defense.classifier(x_lin).log_softmax(dim=1)
         log_probs = log_probs.view(self.samples, x.shape[0], -1)

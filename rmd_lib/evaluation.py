@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checks import check_images, check_labels
+from .checks import check_images, check_labels, check_positive_int
 from .profiles import Profile
+from .randomness import chunked
 
 __all__ = ["predict", "confidence", "accuracy", "attack_table", "markdown_table", "Run", "start_run",
            "default_results_dir", "wilson_interval", "paired_difference", "strict_claims"]
@@ -24,9 +25,12 @@ __all__ = ["predict", "confidence", "accuracy", "attack_table", "markdown_table"
 
 @torch.no_grad()
 def predict(model, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Logits of ``model`` on x (N, C, H, W) in [0, 1], computed in batches."""
+    """Logits of ``model`` on x (N, C, H, W) in [0, 1], computed in batches. A randomised
+    model (INC, DIP) sees each batch as part of one call on all N images, so the logits do
+    not depend on ``batch_size`` (see :func:`rmd_lib.randomness.chunked`)."""
     check_images(x, "x")
-    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    batch_size = check_positive_int(batch_size, "batch_size")
+    return torch.cat(chunked(model, len(x), batch_size, lambda rows: model(x[rows])))
 
 
 def confidence(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> torch.Tensor:

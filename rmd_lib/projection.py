@@ -4,7 +4,9 @@ All images and all their random restarts are one batched tensor problem: row ``i
 the latent batch is restart ``r`` of image ``i``. The optimisers are written out on tensors
 (rather than ``torch.optim``) so rows can leave the batch: restarts that are clearly losing are
 pruned (successive halving) and images whose fit has converged stop early. Every restart still
-starts at a random point of the prior, which is what makes the defense randomised.
+starts at a random point of the prior, which is what makes the defense randomised. Image i's
+restarts come from its own random stream (:mod:`rmd_lib.randomness`), so they do not depend
+on the batch or chunk the image is projected in.
 """
 from __future__ import annotations
 
@@ -16,13 +18,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checks import check_images, check_positive_int, model_device
+from .randomness import Draws, as_indices, per_image
 
-__all__ = ["Projection", "project", "InvertAndClassify", "latent_path", "DEFENSE_GAN", "EXHAUSTIVE"]
+__all__ = ["Projection", "project", "InvertAndClassify", "latent_path", "DEFENSE_GAN", "EXHAUSTIVE",
+           "MIN_PRUNE_FRACTION", "DEFAULT_PRUNE"]
 
 # Defense-GAN's setting (Samangouei et al. 2018): momentum SGD, lr 10, x0.1 at 0.8 L,
 # every restart run for every step. Kept as the reference the benchmark compares against.
 DEFENSE_GAN = dict(optimizer="sgd", lr=10.0, momentum=0.7, decay_at=0.8, decay=0.1,
                    prune=(), early_stop=False)
+# Pruning never starts before this fraction of the steps: a restart that starts far away can
+# still come from behind in the first steps, and dropping it early loses the best fit.
+MIN_PRUNE_FRACTION = 0.2
+# The default schedule: each image keeps its best 20% of restarts after 20% of the steps, and
+# its best one after 30%.
+DEFAULT_PRUNE = ((0.2, 0.2), (0.3, 0.1))
 # The library default with pruning and early stopping switched off (for sweeps that need every
 # restart to run every step).
 EXHAUSTIVE = dict(prune=(), early_stop=False)
@@ -76,21 +86,29 @@ def _row_mse(G: nn.Module, z: torch.Tensor, target: torch.Tensor) -> torch.Tenso
 def project(G: nn.Module, x: torch.Tensor, steps: int = 200, restarts: int = 10,
             lr: float | None = None, *, optimizer: str = "adam", momentum: float = 0.9,
             betas: tuple[float, float] = (0.9, 0.999), decay_at: float = 0.8, decay: float = 0.1,
-            prune: tuple[tuple[float, float], ...] = ((0.05, 0.2), (0.1, 0.1)),
+            prune: tuple[tuple[float, float], ...] | None = None,
             early_stop: bool = True, tol: float = 1e-3, patience: int = 20,
             z_init: torch.Tensor | None = None, seed: int | None = 0,
-            generator: torch.Generator | None = None, batch_size: int | None = None,
-            record_at: tuple[int, ...] = (), progress: bool = False) -> Projection:
+            generator: torch.Generator | None = None, indices=None, call=0, sample=0,
+            batch_size: int | None = None, record_at: tuple[int, ...] = (),
+            progress: bool = False) -> Projection:
     """Project images onto the range of G by gradient descent in latent space with restarts.
 
     x: (N, C, H, W) in [0, 1]; G maps (B, latent_dim) to images of x's shape. ``optimizer`` is
     ``"adam"`` (default, ``lr`` 0.1) or ``"sgd"`` with ``momentum`` (``lr`` 10, as Defense-GAN
     used on the per-pixel MSE). The step size is multiplied by ``decay`` after ``decay_at *
     steps``. ``prune`` lists (fraction of steps, fraction of restarts kept): at each point every
-    image keeps only its best restarts. With ``early_stop``, an image stops once its best MSE
+    image keeps only its best restarts; no fraction may be below ``MIN_PRUNE_FRACTION`` (0.2),
+    and no two may fall on the same step. None is ``DEFAULT_PRUNE``, whose points merge
+    (the later one wins) where a short run puts them on the same step. With ``early_stop``, an image stops once its best MSE
     improved by less than a relative ``tol`` over ``patience`` steps. ``z_init`` (N * R, d)
-    replaces the random starts (e.g. an encoder's warm start); otherwise the restarts are
-    drawn from the prior with ``generator`` or ``seed`` (None: the global RNG).
+    replaces the random starts (e.g. an encoder's warm start). Otherwise, with ``seed``,
+    image i's R restarts are drawn from the prior with its own stream, keyed by (seed,
+    ``indices[i]``, ``call``, ``sample``): ``indices`` are the images' global indices
+    (default 0..N-1; a chunk or shard passes its own), ``call`` and ``sample`` an int or one
+    value per image (see :mod:`rmd_lib.randomness`). So the restarts of an image do not
+    depend on the batch it is projected in. An explicit ``generator`` instead draws all
+    N * R starts from that one generator, in batch order; ``seed=None`` uses the global RNG.
     ``batch_size`` caps the number of images optimised at once (memory); None does all.
     ``record_at`` lists step counts after which every restart's best MSE is kept in
     ``Projection.history`` (for convergence curves).
@@ -105,18 +123,33 @@ def project(G: nn.Module, x: torch.Tensor, steps: int = 200, restarts: int = 10,
         lr = 0.1 if optimizer == "adam" else 10.0
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}.")
+    default = prune is None
+    prune = DEFAULT_PRUNE if default else tuple(prune)
+    prune_at = {}
     for frac, keep in prune:
         if not (0 < frac < 1 and 0 < keep <= 1):
             raise ValueError(f"prune entries are (fraction of steps, fraction kept) in (0, 1), got {(frac, keep)}.")
+        if frac < MIN_PRUNE_FRACTION:
+            raise ValueError(
+                f"prune at {frac:g} of the steps is too early: restarts are pruned from "
+                f"{MIN_PRUNE_FRACTION:g} of the steps on (a far start can still come from "
+                "behind before that); use a later fraction, or prune=() for none.")
+        at = max(1, int(round(frac * steps)))
+        if at in prune_at and not default:
+            raise ValueError(
+                f"prune fractions {prune_at[at][0]:g} and {frac:g} both fall on step {at} of "
+                f"{steps}; give fractions at least {1 / steps:.3g} apart, or fewer of them.")
+        prune_at[at] = (frac, keep)
     d = _latent_dim(G)
     n = x.shape[0]
     if z_init is not None:
         if z_init.shape != (n * restarts, d):
             raise ValueError(f"z_init must have shape ({n * restarts}, {d}), got {tuple(z_init.shape)}.")
         z0 = z_init.detach().float().cpu()
+    elif generator is None and seed is not None:
+        z0 = per_image(lambda g: _sample_prior(G, restarts, g), seed, as_indices(indices, n),
+                       call, sample).view(n * restarts, d)
     else:
-        if generator is None and seed is not None:
-            generator = torch.Generator().manual_seed(seed)
         z0 = _sample_prior(G, n * restarts, generator)
     with torch.no_grad():
         probe = G(z0[:1].to(device))
@@ -135,7 +168,8 @@ def project(G: nn.Module, x: torch.Tensor, steps: int = 200, restarts: int = 10,
         rows = slice(start * restarts, stop * restarts)
         parts.append(_project_chunk(G, x[start:stop], z0[rows].to(device), steps, restarts,
                                     float(lr), optimizer, momentum, betas, decay_at, decay,
-                                    prune, early_stop, tol, patience, set(record_at), bar))
+                                    tuple(prune_at.values()), early_stop, tol, patience,
+                                    set(record_at), bar))
     bar.close()
     z = torch.cat([p[0] for p in parts])
     restart_mse = torch.cat([p[1] for p in parts])
@@ -164,7 +198,7 @@ def _project_chunk(G, x, z, steps, restarts, lr, optimizer, momentum, betas, dec
     z_live = z.clone()
     buf1 = torch.zeros_like(z_live)  # momentum, or Adam's first moment
     buf2 = torch.zeros_like(z_live)  # Adam's second moment
-    prune_steps = {max(1, int(round(f * steps))): k for f, k in prune}
+    prune_steps = {max(1, int(round(f * steps))): k for f, k in prune}  # distinct: checked
     history = torch.full((n, patience + 1), math.inf, device=z.device)  # best MSE per image
     check_every = max(1, patience // 4)
     latent_steps = 0
@@ -240,9 +274,13 @@ class InvertAndClassify(nn.Module):
 
     Composes a generator, the projection settings (any keyword of :func:`project`) and a
     classifier. Takes x (N, C, H, W) in [0, 1] and returns the classifier's logits on the
-    projections. With an integer ``seed`` the restarts come from a generator owned by the
-    module, so a run is reproducible while successive calls still draw fresh restarts. The
-    output carries no gradient to x: attacking INC needs BPDA or a substitute.
+    projections. With an integer ``seed`` image i's restarts come from its own stream,
+    keyed by its global index and the module's call count (``self.draws``): a run is
+    reproducible, successive calls draw fresh restarts, and chunking a call
+    (:func:`rmd_lib.randomness.chunked`, as :func:`~rmd_lib.evaluation.predict` does)
+    changes nothing. ``reset()`` starts the streams over, so that two evaluations can be
+    scored on the same draws. The output carries no gradient to x: attacking INC needs
+    BPDA or a substitute.
     """
 
     def __init__(self, G: nn.Module, classifier: nn.Module, *, seed: int | None = 0, **projection):
@@ -251,16 +289,26 @@ class InvertAndClassify(nn.Module):
         self.classifier = classifier
         self.projection = projection
         self.seed = seed
-        self._rng = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.draws = Draws(seed) if seed is not None else None
         self.last: Projection | None = None
 
     def reset(self) -> None:
-        """Restart the module's random stream from its seed."""
-        if self.seed is not None:
-            self._rng.manual_seed(self.seed)
+        """Start the module's random streams over, from its first call."""
+        if self.draws is not None:
+            self.draws.reset()
 
-    def project(self, x: torch.Tensor) -> Projection:
-        return project(self.G, x, generator=self._rng, seed=None, **self.projection)
+    def project(self, x: torch.Tensor, *, indices=None, call=None, sample=0) -> Projection:
+        """The projection of x with this module's settings. By default one call of the
+        module's streams on images ``draws.offset, ...``; ``indices`` and ``call`` (both
+        needed) name the streams instead, and ``sample`` adds a key (an EOT copy)."""
+        if self.draws is None:
+            return project(self.G, x, seed=None, **self.projection)
+        if (indices is None) != (call is None):
+            raise ValueError("pass both indices and call, or neither.")
+        if indices is None:
+            indices, call = self.draws.next(x.shape[0])
+        return project(self.G, x, seed=self.seed, indices=indices, call=call, sample=sample,
+                       **self.projection)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.last = self.project(x)

@@ -6,7 +6,7 @@ import torch
 
 from rmd_lib.attack_tables import (correct, cw_table, robust_accuracy_table, transfer_table,
                                    unrolled_table)
-from rmd_lib.attacks import fgsm
+from rmd_lib.attacks import cw_l2, fgsm
 from rmd_lib.evaluation import accuracy
 from rmd_lib.experiment import Setup, prepare
 from rmd_lib.projection import InvertAndClassify
@@ -39,6 +39,38 @@ def test_cw_table_rows(parts):
     assert rows[0]["found"] == 1.0 and rows[0]["classifier"] == 0.0  # the tiny net is easy
     assert rows[0]["median L2"] > 0
     assert all(0 <= r["INC"] <= 1 for r in rows)
+
+
+def test_cw_table_counts_only_images_the_classifier_got_right(parts):
+    _, clf, inc, x, y = parts
+    y_mixed = y.clone()
+    y_mixed[:4] = (y_mixed[:4] + 1) % 3  # four images the classifier already gets wrong
+    rows = cw_table(clf, inc, x, y_mixed, (0.0,), steps=30, binary_steps=3)
+    right = correct(clf, x, y_mixed)
+    x_adv = cw_l2(clf, x, y_mixed, kappa=0.0, steps=30, binary_steps=3)
+    found = right & ~correct(clf, x_adv, y_mixed)
+    assert int(right.sum()) == 8
+    assert rows[0]["found"] == pytest.approx(float(found.sum()) / 8)
+    # the median distance is over searched-for examples only, not the ~0 moves of the others
+    dist = (x_adv - x).flatten(1).norm(dim=1)
+    assert rows[0]["median L2"] == pytest.approx(float(dist[found].median()))
+
+
+def test_worst_case_scores_every_attack_on_the_same_draw(parts):
+    _, clf, inc, x, y = parts
+    calls = []
+
+    def unchanged(x, y, eps, norm):
+        calls.append(inc.draws.call)
+        return x
+
+    rows = robust_accuracy_table(inc, x, y, {"a": unchanged, "b": unchanged}, [0.1], norm="l2")
+    # the same inputs on the same draw: the same outcomes, so clean, a, b and the worst case agree
+    r = rows[0]
+    assert r["clean"] == r["a"] == r["b"] == r["worst case"]
+    inc.reset()
+    assert r["clean"] == pytest.approx(float(correct(inc, x, y).float().mean()))
+    assert calls == [1, 1]  # each attack starts after one scoring call, from the reset streams
 
 
 def test_unrolled_table_rows(parts):

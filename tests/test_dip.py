@@ -27,18 +27,49 @@ def test_fit_mse_decreases():
 
 
 def test_batched_equals_single_fits():
-    # Image i of a batch uses seed + i, so single fits with those seeds are the same fits.
+    # Image i's networks come from its own streams (seed, global index), so a single fit that
+    # names image i's index is the same fit as row i of the batch.
     x = smooth_images(3).double()
     batched = deep_image_prior(x, 15, record_at=[5, 15], seed=7, **TINY)
     for i in range(3):
-        single = deep_image_prior(x[i:i + 1], 15, record_at=[5, 15], seed=7 + i, **TINY)
+        single = deep_image_prior(x[i:i + 1], 15, record_at=[5, 15], seed=7, indices=[i], **TINY)
         # float64: measured identical (difference 0.0).
         torch.testing.assert_close(single.images[:, 0], batched.images[:, i], rtol=0, atol=1e-10)
     # float32 agrees to round-off over a few steps (measured about 1e-6).
     x32 = x.float()
     b32 = deep_image_prior(x32, 5, seed=7, **TINY)
-    s32 = deep_image_prior(x32[1:2], 5, seed=8, **TINY)
+    s32 = deep_image_prior(x32[1:2], 5, seed=7, indices=[1], **TINY)
     assert (b32.final[1] - s32.final[0]).abs().max() < 1e-4
+    # other keys, other networks
+    other = deep_image_prior(x32[1:2], 5, seed=7, indices=[1], call=1, **TINY)
+    assert (other.final[0] - s32.final[0]).abs().max() > 1e-3
+
+
+def test_defense_calls_fit_fresh_networks_and_reset_pairs_them():
+    torch.manual_seed(0)
+    clf = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 5))
+    x = smooth_images(4)
+    defense = DIPDefense(clf, 4, seed=2, **TINY)
+    first, second = defense.purify(x), defense.purify(x)
+    assert defense.draws.call == 2 and not torch.equal(first, second)
+    defense.reset()
+    assert torch.equal(defense.purify(x), first)  # same networks: two inputs scored paired
+    # a chunk of the call, with its images' global indices, is the same fit
+    defense.reset()
+    part = defense.purify(x[2:], indices=torch.arange(2, 4), call=0)
+    assert (part - first[2:]).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="both indices and call"):
+        defense.purify(x, indices=torch.arange(4))
+
+
+def test_bpda_eot_fits_fresh_networks_at_every_step():
+    torch.manual_seed(0)
+    clf = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 5))
+    x = smooth_images(2)
+    attacker = DIPBPDA(DIPDefense(clf, 3, seed=5, **TINY), samples=2)
+    a, b = attacker(x), attacker(x)
+    assert attacker.defense.draws.call == 2
+    assert not torch.allclose(a, b)  # the second step averaged over other networks
 
 
 def test_stacked_net_is_its_copies():
@@ -111,9 +142,12 @@ def test_defense_and_bpda():
     with pytest.raises(TypeError, match="InvertAndClassify"):
         BPDA(defense)  # the library's BPDA needs a projection; DIPBPDA is its counterpart
     y = torch.tensor([1, 3])
+    defense.reset()
     loss = F.cross_entropy(DIPBPDA(defense)(x), y)
     grad, = torch.autograd.grad(loss, x)
-    # Identity backward: the classifier's gradient at the reconstruction.
+    # Identity backward: the classifier's gradient at the reconstruction (the same networks:
+    # both are the defense's first call).
+    defense.reset()
     x_hat = defense.purify(x).requires_grad_(True)
     expect, = torch.autograd.grad(F.cross_entropy(clf(x_hat), y), x_hat)
     torch.testing.assert_close(grad, expect)

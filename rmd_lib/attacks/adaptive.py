@@ -79,9 +79,16 @@ class BPDA(nn.Module):
         return x_hat + move.view_as(xs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # All EOT samples are one batched projection: x repeated, each copy with fresh restarts.
+        # All EOT samples are one batched projection: x repeated, each copy with fresh restarts
+        # from its own stream (image, call, sample), so chunking the images changes nothing.
         xs = x.repeat(self.samples, *[1] * (x.ndim - 1))
-        proj = self.inc.project(xs.detach())
+        if self.inc.draws is None:
+            proj = self.inc.project(xs.detach())
+        else:
+            idx, call = self.inc.draws.next(x.shape[0])
+            sample = torch.arange(self.samples).repeat_interleave(x.shape[0])
+            proj = self.inc.project(xs.detach(), indices=idx.repeat(self.samples), call=call,
+                                    sample=sample)
         if self.backward == "tangent":
             x_lin = self._tangent(xs, proj.z, proj.x_hat)
         else:

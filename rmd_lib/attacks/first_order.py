@@ -11,8 +11,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..checks import check_eps, check_images, check_labels, check_positive_int
+from ..randomness import as_indices, per_image
 
-__all__ = ["fgsm", "bim", "pgd", "project_ball", "input_gradient", "NORMS"]
+__all__ = ["fgsm", "bim", "pgd", "project_ball", "ball_sample", "input_gradient", "NORMS"]
 
 NORMS = ("linf", "l2")
 
@@ -58,6 +59,19 @@ def project_ball(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     return delta * (eps / norms).clamp(max=1.0).view(-1, *[1] * (delta.ndim - 1))
 
 
+def ball_sample(shape, norm: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One point drawn uniformly from the unit ball of ``norm`` in ``shape`` dimensions: the
+    cube [-1, 1]^D for L-inf; for L2 a uniform direction times a radius U^(1/D), since the
+    volume within radius r grows as r^D (a cube sample pushed onto the ball would land on
+    its surface almost always)."""
+    if norm == "linf":
+        return torch.rand(shape, generator=generator) * 2 - 1
+    direction = torch.randn(shape, generator=generator)
+    direction = direction / direction.norm().clamp_min(1e-12)
+    radius = torch.rand((), generator=generator) ** (1.0 / direction.numel())
+    return direction * radius
+
+
 def fgsm(model, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str = "linf") -> torch.Tensor:
     """Fast gradient (sign) method: one step of size eps along the loss gradient's direction."""
     y, eps = _check(model, x, y, eps, norm)
@@ -67,18 +81,23 @@ def fgsm(model, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str = "li
 
 def pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str = "linf",
         steps: int = 40, alpha: float | None = None, random_start: bool = True,
-        seed: int | None = 0) -> torch.Tensor:
+        seed: int | None = 0, indices=None) -> torch.Tensor:
     """Projected gradient descent (Madry et al.): ``steps`` steps of size ``alpha`` (default
-    2.5 eps / steps), each projected back onto the eps-ball and [0, 1]; an optional uniform
-    random start inside the ball (drawn with ``seed``)."""
+    2.5 eps / steps), each projected back onto the eps-ball and [0, 1]; an optional random
+    start drawn uniformly from the ball. Image i's start comes from its own stream, (seed,
+    ``indices[i]``), ``indices`` being the images' global indices (default 0..N-1), so it
+    does not depend on the batch (``seed=None``: the global RNG)."""
     y, eps = _check(model, x, y, eps, norm)
     steps = check_positive_int(steps, "steps")
     alpha = 2.5 * eps / steps if alpha is None else check_eps(alpha, "alpha")
     delta = torch.zeros_like(x)
     if random_start and eps > 0:
-        g = torch.Generator().manual_seed(seed) if seed is not None else None
-        noise = torch.rand(x.shape, generator=g).to(x.device) * 2 - 1
-        delta = project_ball(noise * eps, eps, norm)
+        if seed is None:
+            noise = torch.stack([ball_sample(x.shape[1:], norm) for _ in range(len(x))])
+        else:
+            noise = per_image(lambda g: ball_sample(x.shape[1:], norm, g), seed,
+                              as_indices(indices, len(x)))
+        delta = eps * noise.to(x.device, x.dtype)
     x_adv = (x + delta).clamp(0.0, 1.0)
     for _ in range(steps):
         x_adv = x_adv + alpha * _unit(input_gradient(model, x_adv, y), norm)

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..checks import check_eps, check_positive_int, model_device
 from ..projection import _latent_dim, _sample_prior
+from ..randomness import as_indices, per_image
 
 __all__ = ["MinMaxPairs", "minmax_pairs", "divergence", "DIVERGENCES"]
 
@@ -83,13 +84,16 @@ def minmax_pairs(G: nn.Module, C: nn.Module, eps: float, n: int = 256, *, steps:
                  latent_penalty: float = 1e-3, kind: str = "sym_kl",
                  z1: torch.Tensor | None = None, init_scale: float = 0.1,
                  early_stop: bool = True, keep_best: bool = True, seed: int | None = 0,
-                 generator: torch.Generator | None = None,
+                 generator: torch.Generator | None = None, indices=None,
                  progress: bool = False) -> MinMaxPairs:
     """Search ``n`` pairs (z1, z2) with ||G(z1) - G(z2)||_2 <= eps whose classifications by C
     differ most, by Adam on both latents (batched) and dual ascent on one lambda per pair.
 
     G maps (B, d) latents to images in [0, 1]; C maps images to logits. z1 starts from the
-    prior and z2 at z1 plus ``init_scale`` times prior noise. Passing ``z1`` (n, d), e.g.
+    prior and z2 at z1 plus ``init_scale`` times prior noise. Pair i's draws come from its
+    own stream, (seed, ``indices[i]``), ``indices`` defaulting to 0..n-1, so a pair's search
+    does not depend on how many others run beside it; an explicit ``generator`` instead
+    draws all pairs from that one generator in order. Passing ``z1`` (n, d), e.g.
     the inversions of real test images, fixes it: only z2 moves, and the pairs are manifold
     neighbours of those images. ``kind`` is the divergence (see :func:`divergence`).
     With ``keep_best``, a pair ends at the most divergent valid iterate it visited (if it
@@ -102,18 +106,21 @@ def minmax_pairs(G: nn.Module, C: nn.Module, eps: float, n: int = 256, *, steps:
         raise ValueError(f"kind must be one of {DIVERGENCES}, got {kind!r}.")
     d = _latent_dim(G)
     device = model_device(G) or torch.device("cpu")
-    if generator is None and seed is not None:
-        generator = torch.Generator().manual_seed(seed)
     fixed = z1 is not None
     if fixed:
         if z1.ndim != 2 or z1.shape[1] != d:
             raise ValueError(f"z1 must have shape (n, {d}), got {tuple(z1.shape)}.")
         n = z1.shape[0]
-        z1 = z1.detach().to(device)
     else:
         n = check_positive_int(n, "n")
-        z1 = _sample_prior(G, n, generator).to(device)
-    z2 = z1 + init_scale * _sample_prior(G, n, generator).to(device)
+    if generator is None and seed is not None:  # per pair: its start, then its offset
+        draws = per_image(lambda g: _sample_prior(G, 2, g), seed, as_indices(indices, n))
+        start, offset = draws[:, 0], draws[:, 1]
+    else:
+        start = None if fixed else _sample_prior(G, n, generator)
+        offset = _sample_prior(G, n, generator)
+    z1 = z1.detach().to(device) if fixed else start.to(device)
+    z2 = z1 + init_scale * offset.to(device)
     if not fixed:
         z1 = z1.clone()
     moved = [z2] if fixed else [z1, z2]

@@ -15,23 +15,27 @@ from torch import nn
 
 from ..checks import check_images, check_positive_int
 from ..projection import _latent_dim, _sample_prior
+from ..randomness import Draws, as_indices, per_image
 
 __all__ = ["UnrolledINC", "unrolled_project"]
 
 
 def unrolled_project(G: nn.Module, x: torch.Tensor, steps: int, restarts: int = 1,
-                     lr: float = 0.1, *, seed: int = 0, betas=(0.9, 0.999)) -> torch.Tensor:
+                     lr: float = 0.1, *, seed: int = 0, betas=(0.9, 0.999),
+                     indices=None) -> torch.Tensor:
     """G(z_k) after ``steps`` Adam steps on ||G(z) - x||^2 from ``restarts`` prior draws, kept
     differentiable in x; the restart with the lowest final error is returned per image.
 
-    x: (N, C, H, W) in [0, 1]. The starts are drawn with ``seed`` on every call, so the map
-    x -> G(z_k) is a fixed differentiable function. Returns (N, C, H, W).
+    x: (N, C, H, W) in [0, 1]. Image i's starts come from its own stream, (seed,
+    ``indices[i]``), the same on every call, so the map x -> G(z_k) is a fixed
+    differentiable function of each image, whatever batch it is in. Returns (N, C, H, W).
     """
     steps = check_positive_int(steps, "steps")
     restarts = check_positive_int(restarts, "restarts")
     check_images(x, "x")
     n, d = x.shape[0], _latent_dim(G)
-    z = _sample_prior(G, n * restarts, torch.Generator().manual_seed(seed)).to(x.device, x.dtype)
+    z = per_image(lambda g: _sample_prior(G, restarts, g), seed, as_indices(indices, n))
+    z = z.view(n * restarts, d).to(x.device, x.dtype)
     z = z.requires_grad_(True)  # a leaf, so that create_graph has something to build on
     target = x.repeat_interleave(restarts, dim=0)
     m = torch.zeros_like(z)
@@ -63,9 +67,13 @@ class UnrolledINC(nn.Module):
         super().__init__()
         self.G, self.classifier = G, classifier
         self.steps, self.restarts, self.lr, self.seed = steps, restarts, lr, seed
+        # Only the offset is used: the starts are fixed per image, whatever the call.
+        self.draws = Draws(seed)
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a positive number, got {lr!r}.")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_hat = unrolled_project(self.G, x, self.steps, self.restarts, self.lr, seed=self.seed)
+        indices = torch.arange(self.draws.offset, self.draws.offset + x.shape[0])
+        x_hat = unrolled_project(self.G, x, self.steps, self.restarts, self.lr, seed=self.seed,
+                                 indices=indices)
         return self.classifier(x_hat)
