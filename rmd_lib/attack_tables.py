@@ -18,6 +18,11 @@ __all__ = ["cw_table", "unrolled_table", "transfer_table", "robust_accuracy_tabl
            "correct"]
 
 
+def _synchronize(x: torch.Tensor) -> None:
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+
+
 def correct(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Per image, whether ``model`` classifies it as y: (N,) bool."""
     return predict(model, x, batch_size).argmax(1) == y.to(x.device)
@@ -50,8 +55,10 @@ def unrolled_table(G, classifier, inc, x, y, ks, *, eps: float, restarts: int, p
     rows = []
     for k in ks:
         model = UnrolledINC(G, classifier, steps=k, restarts=restarts, seed=seed)
+        _synchronize(x)
         t0 = time.perf_counter()
         grad = input_gradient(model, x, y)
+        _synchronize(x)  # CUDA runs asynchronously: wait for the kernels before the clock
         seconds = time.perf_counter() - t0
         x_adv = pgd(model, x, y, eps, norm=norm, steps=pgd_steps, seed=seed)
         rows.append({"k": int(k), "unrolled model": accuracy(model, x_adv, y),

@@ -286,6 +286,10 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, download: boo
                 + f"\nTo get it: {spec['how_to_get']}"
             )
     (x_tr, y_tr), (x_te, y_te) = splits
+    for split, asked, have in (("training", n_train, len(x_tr)), ("test", n_test, len(x_te))):
+        if verbose and asked is not None and asked > have:
+            print(f"note: {key}: {asked} {split} images asked for, but this source has "
+                  f"{have}; using all {have}.")
     x_tr, y_tr = _subset(x_tr, y_tr, n_train, SPLIT_SEED)
     x_te, y_te = _subset(x_te, y_te, n_test, SPLIT_SEED + 1)
     ds = Dataset(key, x_tr, y_tr, x_te, y_te, list(spec["classes"]), source)

@@ -79,9 +79,15 @@ def test_caps_give_a_fixed_subset(mnist, tmp_path):
     full = {img.numpy().tobytes(): int(lab) for img, lab in zip(mnist.x_train, mnist.y_train)}
     for img, lab in zip(small.x_train, small.y_train):
         assert full[img.numpy().tobytes()] == int(lab)
-    # A cap above the size is no cap.
+    # A cap above the size is no cap, and the run says so.
     big = load_dataset("mnist", tmp_path, download=False, n_test=10**6, verbose=False)
     assert len(big.x_test) == 1000
+
+
+def test_a_cap_above_the_source_prints_a_note(mnist, tmp_path, capsys):
+    load_dataset("mnist", tmp_path, download=False, n_test=10**6)
+    out = capsys.readouterr().out
+    assert "note: mnist: 1000000 test images asked for, but this source has 1000; using all 1000." in out
 
 
 def test_zero_cap_is_refused(tmp_path):
