@@ -1,4 +1,6 @@
-"""Compute budgets, in one place: ``smoke`` (CI), ``standard`` (CPU book build), ``paper`` (GPU).
+"""Compute budgets, in one place: ``smoke`` (CI), ``standard`` (CPU book build), ``colab``
+(a free Colab GPU, the GPU default), ``paper`` (the paper's scale on one large GPU), and
+``colab-dryrun`` (colab's sizes with every iteration count cut to 2, for a CPU check).
 
 Every notebook takes ``profile`` as a parameter and reads all of its sizes from here, so a
 chapter never hard-codes how long it runs.
@@ -9,7 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-__all__ = ["Profile", "PROFILES", "get_profile", "resolve_device"]
+__all__ = ["Profile", "PROFILES", "get_profile", "resolve_device", "dry_run"]
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,30 @@ PROFILES: dict[str, Profile] = {
         # test images; 25 leaves room for another CPU's arithmetic and one standard error.
         claim_margin=0.25,
     ),
+    # A free Colab GPU (a 16 GB T4), the GPU default: every chapter within about 10 minutes
+    # and 12 GB of GPU memory, with numbers at least as meaningful as standard's: full
+    # training sets, at least 1,000 test images wherever an accuracy is reported, and
+    # Defense-GAN's projection budget (200 steps, 10 restarts). These sizes are estimates
+    # scaled from the CPU timings and the H200 benchmarks; scripts/gpu_check.sh measures
+    # each chapter's time and peak memory against that budget on a GPU.
+    "colab": Profile(
+        name="colab", n_train=None, n_test=10000,
+        classifier_epochs=10, vae_epochs=50, gan_iters=5000, gan_width=64,
+        proj_steps=200, proj_restarts=10, n_attack=1000, bim_steps=20,
+        sweep_steps=(10, 25, 50, 100, 200, 400), sweep_restarts=(1, 2, 5, 10), n_sweep=500,
+        batch_size=256, n_adaptive=1000, cw_binary_steps=5, eot_samples=4,
+        n_transfer=1000, minmax_n=1000, at_steps=500,
+        began_iters=3000, began_width=64, began_resolution=32, began_batch=64,
+        n_faces=1000, face_proj=(200, 10), face_sub=(150, 4), face_at=(500, 64, 50),
+        # DIP at the classifier's 224x224, with a narrower network than the paper's (64
+        # channels, not 128) so that 20 photos reach the early-stopping region (about 1,000
+        # steps at width 128 on an H200) within the chapter's budget; BPDA at the largest
+        # budget only.
+        n_dip=20, dip_size=224, dip_width=64, dip_depth=5, dip_steps=1000,
+        dip_record=(50, 100, 200, 300, 500, 750, 1000), dip_stop=750,
+        dip_eps=(4 / 255, 8 / 255), dip_bpda_eps=(8 / 255,), dip_bpda_steps=5,
+        claim_margin=0.25,
+    ),
     # GPU: the paper's scale; full datasets, thousands of projection steps.
     "paper": Profile(
         name="paper", n_train=None, n_test=10000,
@@ -223,15 +249,39 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
+# The fields that count iterations (epochs, steps, rounds): a dry run cuts each to 2.
+_ITERATIONS = ("classifier_epochs", "vae_epochs", "gan_iters", "proj_steps", "bim_steps",
+               "cw_steps", "cw_binary_steps", "adaptive_steps", "latent_steps", "sub_rounds",
+               "sub_epochs", "enc_epochs", "minmax_steps", "at_steps", "at_pair_steps",
+               "pgd_at_attack_steps", "began_iters", "dip_steps", "dip_bim_steps",
+               "dip_bpda_steps")
+
+
+def dry_run(profile: Profile) -> Profile:
+    """``profile`` with every iteration count cut to 2 and every size kept: the same images,
+    widths, resolutions and batches, so a CPU run finds shape and memory errors in minutes."""
+    two = {f: 2 for f in _ITERATIONS}
+    return profile.with_(
+        name=f"{profile.name}-dryrun", **two, sweep_steps=(1, 2), unroll_steps=(1, 2),
+        attack_proj=(2, profile.attack_proj[1]), at_regen_every=1, sub_budget=profile.sub_budget,
+        face_proj=(2, profile.face_proj[1]), face_at=(2, profile.face_at[1], 2),
+        dip_record=(1, 2), dip_stop=2,
+    )
+
+
+PROFILES["colab-dryrun"] = dry_run(PROFILES["colab"])
+
+
 def get_profile(name: str | Profile = "auto", device: str | torch.device | None = "auto") -> Profile:
-    """Look a profile up by name; ``"auto"`` gives ``paper`` when CUDA is present, else ``standard``."""
+    """Look a profile up by name; ``"auto"`` gives ``colab`` when CUDA is present (a free
+    Colab GPU is the common one), else ``standard``; ``paper`` runs only when asked for."""
     if isinstance(name, Profile):
         return name
     if not isinstance(name, str):
         raise TypeError(f"profile must be a name such as 'smoke', got {type(name).__name__}.")
     key = name.strip().lower()
     if key == "auto":
-        key = "paper" if resolve_device(device).type == "cuda" else "standard"
+        key = "colab" if resolve_device(device).type == "cuda" else "standard"
     if key not in PROFILES:
         raise ValueError(
             f"Unknown profile {name!r}; choose one of {sorted(PROFILES)} or 'auto'."

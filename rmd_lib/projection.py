@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checks import check_images, check_positive_int, model_device
+from .memory import budget_bytes, rows_per_chunk, saved_bytes
 from .randomness import Draws, as_indices, per_image
 
 __all__ = ["Projection", "project", "InvertAndClassify", "latent_path", "DEFENSE_GAN", "EXHAUSTIVE",
@@ -109,7 +110,9 @@ def project(G: nn.Module, x: torch.Tensor, steps: int = 200, restarts: int = 10,
     value per image (see :mod:`rmd_lib.randomness`). So the restarts of an image do not
     depend on the batch it is projected in. An explicit ``generator`` instead draws all
     N * R starts from that one generator, in batch order; ``seed=None`` uses the global RNG.
-    ``batch_size`` caps the number of images optimised at once (memory); None does all.
+    ``batch_size`` caps the number of images optimised at once; None picks it from the
+    memory budget (:mod:`rmd_lib.memory`): what one row's step costs, measured on the first
+    image, times the restarts, against the device's budget. Chunks give the same results.
     ``record_at`` lists step counts after which every restart's best MSE is kept in
     ``Projection.history`` (for convergence curves).
     """
@@ -159,7 +162,14 @@ def project(G: nn.Module, x: torch.Tensor, steps: int = 200, restarts: int = 10,
             "project images of the kind the generator was trained on."
         )
 
-    chunk = n if batch_size is None else check_positive_int(batch_size, "batch_size")
+    if batch_size is None:
+        # A step holds the forward pass's saved tensors, the backward pass's temporaries of
+        # about the same size, and the output: three times the saved bytes, per restart.
+        row = 3 * saved_bytes(lambda: _row_mse(G, z0[:1].to(device).requires_grad_(True), x[:1]))
+        chunk = min(n, rows_per_chunk(row * restarts, budget_bytes(device),
+                                      f"project ({restarts} restarts per image)"))
+    else:
+        chunk = check_positive_int(batch_size, "batch_size")
     parts = []
     n_chunks = math.ceil(n / chunk)
     bar = tqdm(total=n_chunks * steps, desc="projection", disable=not progress, unit="step")

@@ -19,7 +19,7 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
 
 
-@pytest.mark.parametrize("name", ["smoke", "standard", "paper"])
+@pytest.mark.parametrize("name", ["smoke", "standard", "colab", "paper", "colab-dryrun"])
 def test_get_profile_by_name(name):
     p = get_profile(name)
     assert isinstance(p, Profile)
@@ -45,6 +45,30 @@ def test_budgets_grow_from_smoke_to_paper():
         assert getattr(s, field) < getattr(p, field), field
 
 
+def test_colab_keeps_the_promised_sizes():
+    c, m = PROFILES["colab"], PROFILES["standard"]
+    assert c.n_train is None and c.n_test >= 1000  # full training sets
+    for field in ("n_attack", "n_adaptive", "n_transfer", "minmax_n", "n_faces"):
+        assert getattr(c, field) >= 1000, field  # accuracies over at least 1,000 images
+    assert (c.proj_steps, c.proj_restarts) >= (200, 10)  # Defense-GAN's projection budget
+    assert c.dip_size == 224 and c.dip_stop in c.dip_record and c.dip_stop < c.dip_steps
+    for field in ("n_test", "n_attack", "minmax_n"):
+        assert getattr(c, field) >= getattr(m, field), field
+
+
+def test_dry_run_keeps_the_sizes_and_cuts_every_iteration_count():
+    from rmd_lib.profiles import _ITERATIONS, dry_run
+    c, d = PROFILES["colab"], PROFILES["colab-dryrun"]
+    assert d == dry_run(c) and d.name == "colab-dryrun"
+    assert all(getattr(d, f) == 2 for f in _ITERATIONS)
+    for field in ("n_test", "n_attack", "n_adaptive", "proj_restarts", "minmax_n", "n_faces",
+                  "began_width", "began_resolution", "dip_size", "dip_width", "n_dip",
+                  "batch_size", "eot_samples"):
+        assert getattr(d, field) == getattr(c, field), field
+    assert max(d.dip_record) == d.dip_steps and d.dip_stop in d.dip_record
+    assert max(d.sweep_steps) <= d.proj_steps and d.face_proj[0] == 2
+
+
 def test_auto_picks_standard_without_cuda(no_cuda):
     assert get_profile("auto").name == "standard"
     assert get_profile().name == "standard"
@@ -52,8 +76,8 @@ def test_auto_picks_standard_without_cuda(no_cuda):
     assert resolve_device(None) == torch.device("cpu")
 
 
-def test_auto_picks_paper_with_cuda(fake_cuda):
-    assert get_profile("auto").name == "paper"
+def test_auto_picks_colab_with_cuda(fake_cuda):
+    assert get_profile("auto").name == "colab"  # paper only when asked for
     assert resolve_device("auto").type == "cuda"
     # An explicit CPU device wins over the CUDA that is present.
     assert get_profile("auto", device="cpu").name == "standard"
@@ -112,7 +136,7 @@ def test_to_dict_has_every_field():
 def test_real_cuda_is_picked_by_auto():
     assert resolve_device("auto").type == "cuda"
     assert resolve_device("cuda").type == "cuda"
-    assert get_profile("auto").name == "paper"
+    assert get_profile("auto").name == "colab"
 
 
 def test_every_field_is_read_somewhere():

@@ -151,3 +151,19 @@ def test_projection_on_cuda_matches_the_cpu(tiny_generator, images):
     gpu = project(G, images.cuda(), steps=30, restarts=3, seed=2)
     assert torch.allclose(gpu.mse.cpu(), cpu.mse, atol=1e-5)
     assert torch.allclose(gpu.z.cpu(), cpu.z, atol=1e-3)
+
+
+def test_projection_chunked_by_the_memory_budget_equals_one_chunk(tiny_generator, images,
+                                                                  monkeypatch):
+    from rmd_lib.memory import saved_bytes
+    monkeypatch.setenv("RMD_MEMORY_GB", "1000")
+    whole = project(tiny_generator, images, steps=30, restarts=3, seed=2)
+    # a budget of about three images' rows forces several chunks
+    z = torch.zeros(1, tiny_generator.latent_dim, requires_grad=True)
+    row = 3 * saved_bytes(lambda: (tiny_generator(z) - images[:1]).pow(2).mean())
+    monkeypatch.setenv("RMD_MEMORY_GB", str(3.5 * 3 * row / 2**30))
+    chunked_run = project(tiny_generator, images, steps=30, restarts=3, seed=2)
+    assert same(chunked_run.z, whole.z) and same(chunked_run.mse, whole.mse)
+    monkeypatch.setenv("RMD_MEMORY_GB", str(0.1 * row / 2**30))
+    with pytest.raises(ValueError, match="project .*one row needs"):
+        project(tiny_generator, images, steps=3, restarts=3, seed=2)

@@ -1,0 +1,40 @@
+"""Memory budgets (rmd_lib.memory): the budget, the bytes one row saves for backward, and
+the chunk size they give."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from rmd_lib.memory import DEFAULT_CPU_GB, budget_bytes, rows_per_chunk, saved_bytes
+
+
+def test_cpu_budget_from_the_environment(monkeypatch):
+    monkeypatch.delenv("RMD_MEMORY_GB", raising=False)
+    assert budget_bytes("cpu") == int(DEFAULT_CPU_GB * 2**30)
+    monkeypatch.setenv("RMD_MEMORY_GB", "0.5")
+    assert budget_bytes("cpu") == 2**29
+    for bad in ("0", "-2", "lots", "nan"):
+        monkeypatch.setenv("RMD_MEMORY_GB", bad)
+        with pytest.raises(ValueError, match="RMD_MEMORY_GB must be a positive number"):
+            budget_bytes("cpu")
+
+
+def test_saved_bytes_counts_what_backward_keeps():
+    lin = nn.Linear(100, 50)
+    x = torch.randn(8, 100)
+    # Linear saves its input (8 x 100 floats), which the weight's gradient needs (the input
+    # needs no gradient, so the weight is not saved); the output is 8 x 50.
+    got = saved_bytes(lambda: lin(x))
+    assert got == 4 * (8 * 100 + 8 * 50)
+    # twice the rows, twice the bytes
+    assert saved_bytes(lambda: lin(torch.randn(16, 100))) - got == 4 * (8 * 100 + 8 * 50)
+    with torch.no_grad():  # the count switches autograd on, as the measured step does
+        assert saved_bytes(lambda: lin(x)) == got
+
+
+def test_rows_per_chunk_and_its_error():
+    assert rows_per_chunk(100, 1000, "f") == 10
+    assert rows_per_chunk(1000, 1000, "f") == 1
+    with pytest.raises(ValueError, match=r"deep_image_prior: one row needs about 2 MiB but the memory budget is 1 MiB"):
+        rows_per_chunk(2 * 2**20, 2**20, "deep_image_prior")
