@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .checks import check_images, check_positive_int
+from .memory import budget_bytes, rows_per_chunk, saved_bytes
 from .models.dip import DIPNet
 from .randomness import Draws, as_indices, stream_seed
 
@@ -96,7 +97,7 @@ def deep_image_prior(x: torch.Tensor, steps: int, *, record_at=None, mse_thresho
                      lr: float = 0.01, noise_channels: int = 32, input_jitter: float = 1 / 30,
                      ema: float | None = None, width: int = 128, depth: int = 5, skip: int = 4,
                      seed: int = 0, indices=None, call=0, sample=0,
-                     progress: bool = False) -> DIPResult:
+                     batch_size: int | None = None, progress: bool = False) -> DIPResult:
     """Fit one DIP network per image of x (N, 3, H, W) in [0, 1] for ``steps`` Adam steps.
 
     H and W must be multiples of 2**depth. ``record_at`` lists the step counts to keep
@@ -109,18 +110,54 @@ def deep_image_prior(x: torch.Tensor, steps: int, *, record_at=None, mse_thresho
     ``call`` and ``sample`` are ints or one value per image), so a fit does not depend on
     the batch it runs in. The initial weights and the fixed input are drawn on the CPU and
     are the same on every device; the per-step jitter is drawn on x's device, from a
-    generator seeded by the image's stream. Runs on x's device.
+    generator seeded by the image's stream. Runs on x's device. ``batch_size`` caps the
+    images fitted at once; None picks it from the memory budget (:mod:`rmd_lib.memory`) and
+    what one image's network costs. Chunks give the same fits.
     """
     steps, record = _check_options(x, steps, record_at, depth, ema, lr, input_jitter)
     check_positive_int(noise_channels, "noise_channels")
-    n, _, h, w = x.shape
-    dev, x = x.device, x.detach()
+    n = x.shape[0]
     idx = as_indices(indices, n).tolist()
     keys = [k.flatten().tolist() if isinstance(k, torch.Tensor) else [int(k)] * n
             for k in (call, sample)]
     if any(len(k) != n for k in keys):
         raise ValueError(f"call and sample must be ints or hold one value per image ({n}).")
     streams = [(seed, i, c, s) for i, c, s in zip(idx, *keys)]
+    net_options = (noise_channels, width, skip, depth)
+    if batch_size is None:
+        batch_size = _images_per_chunk(x, net_options)
+    else:
+        batch_size = check_positive_int(batch_size, "batch_size")
+    parts = [_fit(x[i:i + batch_size], streams[i:i + batch_size], steps, record, net_options,
+                  lr, input_jitter, ema, mse_threshold, progress)
+             for i in range(0, n, batch_size)]
+    if len(parts) == 1:
+        return parts[0]
+    cat = (lambda name, dim: None if getattr(parts[0], name) is None
+           else torch.cat([getattr(p, name) for p in parts], dim=dim))
+    return DIPResult(record, cat("images", 1), cat("mse", 1), cat("early", 0),
+                     cat("early_step", 0), cat("reached", 0))
+
+
+def _images_per_chunk(x: torch.Tensor, net_options) -> int:
+    """How many images' fits fit in the memory budget: one image's network costs its
+    parameters four times (weights, gradients, Adam's two moments) plus the activations its
+    forward pass saves, twice (the backward pass's temporaries)."""
+    noise_channels, width, skip, depth = net_options
+    with torch.random.fork_rng(devices=[]):
+        net = DIPNet(noise_channels, 3, width, skip, depth).to(x.device, x.dtype)
+    z = torch.zeros(1, noise_channels, *x.shape[2:], device=x.device, dtype=x.dtype)
+    params = sum(p.numel() * p.element_size() for p in net.parameters())
+    row = 4 * params + 2 * saved_bytes(lambda: net(z))
+    return min(x.shape[0], rows_per_chunk(row, budget_bytes(x.device), "deep_image_prior (one image)"))
+
+
+def _fit(x, streams, steps, record, net_options, lr, input_jitter, ema, mse_threshold,
+         progress) -> DIPResult:
+    """One chunk of :func:`deep_image_prior`: the images of x fitted together."""
+    noise_channels, width, skip, depth = net_options
+    n, _, h, w = x.shape
+    dev, x = x.device, x.detach()
 
     nets = []
     for key in streams:

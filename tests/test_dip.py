@@ -152,3 +152,19 @@ def test_defense_and_bpda():
     expect, = torch.autograd.grad(F.cross_entropy(clf(x_hat), y), x_hat)
     torch.testing.assert_close(grad, expect)
     assert DIPBPDA(defense, samples=3)(x).shape == (2, 5)
+
+
+def test_chunks_give_the_same_fits(monkeypatch):
+    x = smooth_images(3).double()
+    monkeypatch.setenv("RMD_MEMORY_GB", "1000")
+    whole = deep_image_prior(x, 6, record_at=[3, 6], mse_threshold=0.05, seed=4, **TINY)
+    for batch in (1, 2):
+        part = deep_image_prior(x, 6, record_at=[3, 6], mse_threshold=0.05, seed=4,
+                                batch_size=batch, **TINY)
+        torch.testing.assert_close(part.images, whole.images, rtol=0, atol=1e-10)
+        assert torch.equal(part.early_step, whole.early_step)
+        assert torch.equal(part.reached, whole.reached)
+    # the memory budget picks the chunk by itself; too small a budget is a clear error
+    monkeypatch.setenv("RMD_MEMORY_GB", "0.000001")
+    with pytest.raises(ValueError, match="deep_image_prior .*one row needs"):
+        deep_image_prior(x, 2, seed=4, **TINY)

@@ -167,3 +167,27 @@ def test_projection_chunked_by_the_memory_budget_equals_one_chunk(tiny_generator
     monkeypatch.setenv("RMD_MEMORY_GB", str(0.1 * row / 2**30))
     with pytest.raises(ValueError, match="project .*one row needs"):
         project(tiny_generator, images, steps=3, restarts=3, seed=2)
+
+
+@pytest.mark.parametrize("early_stop", [True, False])
+def test_minmax_pairs_in_chunks_equal_one_batch(tiny_generator, tiny_net, early_stop):
+    whole = minmax_pairs(tiny_generator, tiny_net, 1.0, 12, steps=15, seed=6, early_stop=early_stop)
+    part = minmax_pairs(tiny_generator, tiny_net, 1.0, 12, steps=15, seed=6, early_stop=early_stop,
+                        batch_size=5)
+    for field in ("z1", "z2", "distance", "divergence"):
+        assert same(getattr(part, field), getattr(whole, field)), field
+    assert torch.equal(part.steps, whole.steps) and torch.equal(part.success, whole.success)
+
+
+def test_pgd_on_bpda_in_chunks_equals_one_batch(tiny_generator, images, monkeypatch):
+    C = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 3))
+    y = torch.arange(N) % 3
+
+    def attack(**kw):
+        inc = InvertAndClassify(tiny_generator, C, seed=0, steps=10, restarts=2)
+        out = pgd(BPDA(inc, samples=2), images, y, 0.1, steps=3, seed=4, **kw)
+        return out, inc.draws.call
+
+    monkeypatch.setenv("RMD_MEMORY_GB", "1000")
+    (whole, calls), (part, calls_part) = attack(), attack(batch_size=3)
+    assert same(whole, part) and calls == calls_part == 3  # the budget's probe left no trace

@@ -11,7 +11,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..checks import check_eps, check_images, check_labels, check_positive_int
-from ..randomness import as_indices, per_image
+from ..memory import budget_bytes, rows_per_chunk, saved_bytes
+from ..randomness import as_indices, chunked, per_image, randomised
 
 __all__ = ["fgsm", "bim", "pgd", "project_ball", "ball_sample", "input_gradient", "NORMS"]
 
@@ -81,22 +82,47 @@ def fgsm(model, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str = "li
 
 def pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str = "linf",
         steps: int = 40, alpha: float | None = None, random_start: bool = True,
-        seed: int | None = 0, indices=None) -> torch.Tensor:
+        seed: int | None = 0, indices=None, batch_size: int | None = None) -> torch.Tensor:
     """Projected gradient descent (Madry et al.): ``steps`` steps of size ``alpha`` (default
     2.5 eps / steps), each projected back onto the eps-ball and [0, 1]; an optional random
     start drawn uniformly from the ball. Image i's start comes from its own stream, (seed,
     ``indices[i]``), ``indices`` being the images' global indices (default 0..N-1), so it
-    does not depend on the batch (``seed=None``: the global RNG)."""
+    does not depend on the batch (``seed=None``: the global RNG). ``batch_size`` caps the
+    images attacked at once; None picks it from the memory budget (:mod:`rmd_lib.memory`)
+    and what one image's gradient costs. A randomised model (BPDA on INC, DIP) sees each
+    chunk as part of one call on all images, so chunks give the same examples."""
     y, eps = _check(model, x, y, eps, norm)
     steps = check_positive_int(steps, "steps")
     alpha = 2.5 * eps / steps if alpha is None else check_eps(alpha, "alpha")
+    idx = as_indices(indices, len(x))
+    if batch_size is None:
+        batch_size = _images_per_chunk(model, x, y, "pgd")
+    else:
+        batch_size = check_positive_int(batch_size, "batch_size")
+    parts = chunked(model, len(x), batch_size, lambda rows: _pgd(
+        model, x[rows], y[rows], eps, norm, steps, alpha, random_start, seed, idx[rows]))
+    return torch.cat(parts)
+
+
+def _images_per_chunk(model, x: torch.Tensor, y: torch.Tensor, what: str) -> int:
+    """Images per chunk under the memory budget: three times the bytes that one image's
+    loss saves for its gradient. The probe leaves a randomised model's streams as it found
+    them, so it changes no later draw."""
+    draws = randomised(model)
+    state = [(d.offset, d.call) for d in draws]
+    row = 3 * saved_bytes(lambda: F.cross_entropy(model(x[:1].detach().requires_grad_(True)), y[:1]))
+    for d, (offset, call) in zip(draws, state):
+        d.offset, d.call = offset, call
+    return min(len(x), rows_per_chunk(row, budget_bytes(x.device), f"{what} (one image)"))
+
+
+def _pgd(model, x, y, eps, norm, steps, alpha, random_start, seed, indices) -> torch.Tensor:
     delta = torch.zeros_like(x)
     if random_start and eps > 0:
         if seed is None:
             noise = torch.stack([ball_sample(x.shape[1:], norm) for _ in range(len(x))])
         else:
-            noise = per_image(lambda g: ball_sample(x.shape[1:], norm, g), seed,
-                              as_indices(indices, len(x)))
+            noise = per_image(lambda g: ball_sample(x.shape[1:], norm, g), seed, indices)
         delta = eps * noise.to(x.device, x.dtype)
     x_adv = (x + delta).clamp(0.0, 1.0)
     for _ in range(steps):

@@ -14,13 +14,14 @@ one batch; a pair stops as soon as it is valid and its two images get different 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..checks import check_eps, check_positive_int, model_device
+from ..memory import budget_bytes, rows_per_chunk, saved_bytes
 from ..projection import _latent_dim, _sample_prior
 from ..randomness import as_indices, per_image
 
@@ -85,7 +86,7 @@ def minmax_pairs(G: nn.Module, C: nn.Module, eps: float, n: int = 256, *, steps:
                  z1: torch.Tensor | None = None, init_scale: float = 0.1,
                  early_stop: bool = True, keep_best: bool = True, seed: int | None = 0,
                  generator: torch.Generator | None = None, indices=None,
-                 progress: bool = False) -> MinMaxPairs:
+                 batch_size: int | None = None, progress: bool = False) -> MinMaxPairs:
     """Search ``n`` pairs (z1, z2) with ||G(z1) - G(z2)||_2 <= eps whose classifications by C
     differ most, by Adam on both latents (batched) and dual ascent on one lambda per pair.
 
@@ -99,6 +100,8 @@ def minmax_pairs(G: nn.Module, C: nn.Module, eps: float, n: int = 256, *, steps:
     With ``keep_best``, a pair ends at the most divergent valid iterate it visited (if it
     visited one) rather than at its last, which may have drifted out of the budget; an
     iterate whose labels differ beats one whose labels agree, whatever their divergences.
+    ``batch_size`` caps the pairs searched at once; None picks it from the memory budget
+    (:mod:`rmd_lib.memory`). Chunks give the same pairs.
     """
     eps = check_eps(eps)
     steps = check_positive_int(steps, "steps")
@@ -121,6 +124,32 @@ def minmax_pairs(G: nn.Module, C: nn.Module, eps: float, n: int = 256, *, steps:
         offset = _sample_prior(G, n, generator)
     z1 = z1.detach().to(device) if fixed else start.to(device)
     z2 = z1 + init_scale * offset.to(device)
+    options = dict(eps=eps, steps=steps, lr=lr, lam_init=lam_init, lam_rate=lam_rate,
+                   latent_penalty=latent_penalty, kind=kind, early_stop=early_stop,
+                   keep_best=keep_best, progress=progress)
+    if batch_size is None:
+        # One step holds both images' forward and backward passes for every pair: three
+        # times the bytes autograd saves for one pair, as for the projection.
+        def one_pair():
+            a, b = z1[:1].clone().requires_grad_(True), z2[:1].clone().requires_grad_(True)
+            xa, xb = G(a), G(b)
+            return divergence(C(xa), C(xb), kind).sum() + (xa - xb).norm()
+        batch_size = min(n, rows_per_chunk(3 * saved_bytes(one_pair), budget_bytes(device),
+                                           "minmax_pairs (one pair)"))
+    else:
+        batch_size = check_positive_int(batch_size, "batch_size")
+    parts = [_search(G, C, z1[i:i + batch_size], z2[i:i + batch_size], fixed, **options)
+             for i in range(0, n, batch_size)]
+    if len(parts) == 1:
+        return parts[0]
+    return MinMaxPairs(*(torch.cat([getattr(p, f.name) for p in parts])
+                         for f in fields(MinMaxPairs)))
+
+
+def _search(G, C, z1, z2, fixed, *, eps, steps, lr, lam_init, lam_rate, latent_penalty, kind,
+            early_stop, keep_best, progress) -> MinMaxPairs:
+    """The search of :func:`minmax_pairs` for one chunk of pairs, from their starts."""
+    n, d, device = z1.shape[0], z1.shape[1], z1.device
     if not fixed:
         z1 = z1.clone()
     moved = [z2] if fixed else [z1, z2]
