@@ -23,13 +23,14 @@ SMOKE := _build/smoke
 # pins torchattacks, installed apart from pyproject's extras).
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile package-lock.json 2>/dev/null | cksum | cut -d' ' -f1)
 
-.PHONY: help venv book book-instructor assignments test sync clean distclean set-repo-url
+.PHONY: help venv book book-instructor assignments test sync clean distclean set-repo-url colab-dryrun
 
 help:
 	@echo "make book              run the notebooks (profile $(PROFILE)) and build _build/html"
 	@echo "make book-instructor   the instructor book (solutions shown) into _build/html-instructor"
 	@echo "make assignments       student and solution releases of the assignments into _build/assignments"
 	@echo "make test              unit tests, smoke run of every notebook, results checks, strict builds, site check"
+	@echo "make colab-dryrun      every chapter on the CPU at the colab sizes, iterations cut to 2"
 	@echo "make venv              create .venv and install the project with its book and test extras"
 	@echo "make sync              re-pair notebooks/*.ipynb with their jupytext .py twins"
 	@echo "make set-repo-url URL=https://github.com/OWNER/REPO   point badges and buttons elsewhere"
@@ -92,6 +93,14 @@ book: venv
 book-instructor: venv
 	$(PY) scripts/build_book.py --executed _build/$(PROFILE)/notebooks \
 	  --out _build/html-instructor --name $(PROFILE)-instructor --audience instructor
+
+# Every chapter on the CPU at the colab profile's sizes with every iteration count cut to 2:
+# finds shape and memory errors of the GPU profile in minutes; prints each chapter's peak RSS.
+# The memory budget is about what a 16 GB T4 leaves a chunk (rmd_lib.memory.CUDA_SHARE).
+# Not part of `make test`.
+colab-dryrun: venv
+	RMD_MEMORY_GB=$${RMD_MEMORY_GB:-7} $(PY) scripts/run_notebooks.py --profile colab-dryrun \
+	  --out _build/colab-dryrun
 
 assignments: venv
 	$(PY) -m rmd_lib.course release --out _build/assignments

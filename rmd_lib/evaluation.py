@@ -141,6 +141,15 @@ def default_results_dir() -> Path:
     return repo / "results" if (repo / "pyproject.toml").exists() else Path("results")
 
 
+def _peak_rss_gb() -> float | None:
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    return round(kb * (1 if platform.system() == "Darwin" else 1024) / 2**30, 3)
+
+
 _OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 
 
@@ -231,6 +240,11 @@ class Run:
                          "python": platform.python_version()},
             "timings": {**{k: round(v, 3) for k, v in self.timings.items()},
                         "total": round(time.perf_counter() - self._t0, 3)},
+            # the most memory this process held (resident), and the most GPU memory this
+            # chapter's tensors held at once (None on a CPU)
+            "peak_rss_gb": _peak_rss_gb(),
+            "peak_gpu_gb": (round(torch.cuda.max_memory_allocated(dev) / 2**30, 3)
+                            if dev.type == "cuda" else None),
         }
 
     def write(self, headline: dict, **tables) -> Path:

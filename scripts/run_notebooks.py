@@ -101,6 +101,16 @@ def describe_failure(nb: Path, exc: Exception, output: Path) -> str:
     return "\n".join(lines)
 
 
+def peaks(results_file: Path) -> dict:
+    """The chapter's peak memory in GB, resident and on the GPU, as its results file
+    recorded them (None where not recorded, e.g. the GPU's on a CPU)."""
+    try:
+        prov = json.loads(results_file.read_text())["provenance"]
+    except (OSError, ValueError, KeyError, TypeError):
+        prov = {}
+    return {"peak_rss_gb": prov.get("peak_rss_gb"), "peak_gpu_gb": prov.get("peak_gpu_gb")}
+
+
 def claims_of(results_file: Path) -> dict | None:
     """How many of a results file's claims hold, and the names of those that do not."""
     try:
@@ -123,7 +133,10 @@ def print_summary(profile: str, timings: dict) -> None:
             note += f" (over the {budget:.0f} s budget of profile {profile})"
         c = row.get("claims")
         held = f"{c['held']}/{c['total']}" if c else "-"
-        print(f"  {name:<{width}}  {row['seconds']:8.1f}  {held:>7}  {note}")
+        mem = "  ".join(f"{label} {row[key]:.2f} GB" for key, label in
+                        (("peak_rss_gb", "RSS"), ("peak_gpu_gb", "GPU")) if row.get(key) is not None)
+        print(f"  {name:<{width}}  {row['seconds']:8.1f}  {held:>7}  {note}"
+              + (f"  (peak {mem})" if mem else ""))
         for failed in (c or {}).get("failed", []):
             print(f"  {'':<{width}}  {'':>8}  {'FAIL':>7}  {failed}")
     total = sum(r["seconds"] for r in rows.values())
@@ -204,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {nb.name} did not write {results_file}", file=sys.stderr)
         claims = claims_of(results_file)
         timings["notebooks"][nb.stem] = {"seconds": round(seconds, 1), "status": status,
-                                         "claims": claims}
+                                         "claims": claims, **peaks(results_file)}
         timings_path.write_text(json.dumps(timings, indent=2) + "\n")
         held = f", claims {claims['held']}/{claims['total']} hold" if claims else ""
         print(f"    done in {seconds:.1f} s{held}", flush=True)

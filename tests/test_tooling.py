@@ -83,6 +83,30 @@ def test_runner_reports_claims_per_notebook(tmp_path: Path, capsys):
     assert "09_dip" in out and "failed" in out
 
 
+def test_gpu_table_gives_a_verdict_per_chapter(tmp_path: Path, capsys):
+    gpu_table = load_script("gpu_table")
+    timings = {"notebooks": {
+        "01_a": {"seconds": 40.0, "status": "ok", "peak_gpu_gb": 3.2},
+        "02_b": {"seconds": 150.0, "status": "ok", "peak_gpu_gb": 13.5},
+        "03_c": {"seconds": 10.0, "status": "failed", "peak_gpu_gb": None}}}
+    rows = gpu_table.table(timings, speedup=8.0)
+    assert "at most 75 s here, 12 GB" in rows[0]
+    assert rows[2] == "| 01_a | 40.0 | 3.20 | within budget |"
+    assert "over time (2.0x)" in rows[3] and "over memory (13.5 GB)" in rows[3]
+    assert "failed" in rows[4] and "no GPU peak recorded" in rows[4]
+    path = tmp_path / "timings.json"
+    path.write_text(json.dumps(timings))
+    assert gpu_table.main([str(path)]) == 0 and "| 02_b |" in capsys.readouterr().out
+    assert gpu_table.main([str(tmp_path / "none.json")]) == 2
+
+
+def test_runner_reads_the_peaks_a_chapter_recorded(tmp_path: Path):
+    results = tmp_path / "x.json"
+    results.write_text(json.dumps({"provenance": {"peak_rss_gb": 1.5, "peak_gpu_gb": None}}))
+    assert run_notebooks.peaks(results) == {"peak_rss_gb": 1.5, "peak_gpu_gb": None}
+    assert run_notebooks.peaks(tmp_path / "none.json") == {"peak_rss_gb": None, "peak_gpu_gb": None}
+
+
 def test_pages_workflow_builds_with_the_readme_command():
     """The published site is built the way the README tells a reader to build it."""
     import yaml
