@@ -43,7 +43,7 @@ if "google.colab" in sys.modules:
                     "git+https://github.com/rmd-course/robust-manifold-defense-book"], check=True)
 
 # %% tags=["parameters"]
-profile = "auto"      # "smoke" (CI), "standard" (CPU), "paper" (GPU); "auto": paper with CUDA
+profile = "auto"      # "smoke" (CI), "standard" (CPU), "colab" (a T4), "paper"; "auto": colab on CUDA
 seed = 0
 dataset = "mnist"     # the data manifold to model: "mnist" or "fashion_mnist"
 device = "auto"       # "auto", "cpu" or "cuda"

@@ -57,7 +57,7 @@ if "google.colab" in sys.modules:
                     "git+https://github.com/rmd-course/robust-manifold-defense-book"], check=True)
 
 # %% tags=["parameters"]
-profile = "auto"      # "smoke" (CI), "standard" (CPU), "paper" (GPU); "auto": paper with CUDA
+profile = "auto"      # "smoke" (CI), "standard" (CPU), "colab" (a T4), "paper"; "auto": colab on CUDA
 seed = 0
 dataset = "all"       # "mnist", "fashion_mnist", a comma-separated list, or "all"
 device = "auto"       # "auto", "cpu" or "cuda"

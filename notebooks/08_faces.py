@@ -53,7 +53,7 @@ if "google.colab" in sys.modules:
                     "git+https://github.com/rmd-course/robust-manifold-defense-book"], check=True)
 
 # %% tags=["parameters"]
-profile = "auto"      # "smoke" (CI), "standard" (CPU), "paper" (GPU); "auto": paper with CUDA
+profile = "auto"      # "smoke" (CI), "standard" (CPU), "colab" (a T4), "paper"; "auto": colab on CUDA
 seed = 0
 device = "auto"       # "auto", "cpu" or "cuda"
 dataset = "auto"      # "auto": CelebA if a copy is found, else the stand-in; "celeba"; "standin"
