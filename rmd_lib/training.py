@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from .checks import check_labels, count_classes
 from .data import Dataset, default_data_dir, fetch
 from .models import VAE, BEGANDiscriminator, BEGANGenerator, MnistClassifier, WGANCritic, WGANGenerator
 from .profiles import Profile, resolve_device
@@ -71,6 +72,8 @@ def train_classifier(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs
                      progress: bool = True) -> list[float]:
     """Cross-entropy training with Adam; x (N, C, H, W) in [0, 1], y (N,). Returns epoch losses."""
     device = next(net.parameters()).device
+    # A label without a logit would fail deep inside cross-entropy ("Target 12 is out of bounds").
+    check_labels(y, len(x), "y", num_classes=count_classes(net, x[:1].to(device)))
     return _fit(net, len(x), lambda idx: F.cross_entropy(net(x[idx].to(device)), y[idx].to(device)),
                 epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, desc="classifier",
                 progress=progress)

@@ -112,3 +112,12 @@ def test_train_encoder_rejects_latents_of_the_wrong_shape(tiny_generator):
     x = _images(10, 0)
     with pytest.raises(ValueError, match="z_star must have shape"):
         train_encoder(tiny_generator, x, torch.zeros(10, 7), epochs=1)
+
+
+def test_substitute_with_fewer_classes_than_the_oracle_says_num_classes(fixed_logits):
+    oracle = fixed_logits([0.0, 0.1, 0.2, 0.3, 5.0])  # always class 4 of 5
+    with pytest.raises(ValueError, match=r"oracle labelled an image 4 \(it scores 5 classes\) but "
+                                         r"the substitute has only 3 classes; pass num_classes=5"):
+        train_substitute(oracle, _images(8, 0), rounds=1, epochs=1, num_classes=3)
+    sub = train_substitute(oracle, _images(8, 0), rounds=1, epochs=1, num_classes=5)
+    assert (sub.y == 4).all()

@@ -192,3 +192,11 @@ def test_pickled_code_is_refused(tmp_path):
     with pytest.raises(ValueError, match="weights_only=True"):
         load_checkpoint(nn.Linear(2, 2), bad)
     assert not marker.exists()
+
+
+def test_train_classifier_names_a_label_without_a_class():
+    x, y = torch.rand(8, 1, 6, 6), torch.tensor([0, 1, 2, 0, 12, 1, 2, 0])
+    net = nn.Sequential(nn.Flatten(), nn.Linear(36, 3))
+    message = r"y must lie in \[0, 2\] \(the model has 3 classes\), got 12 "
+    with pytest.raises(ValueError, match=message):
+        train_classifier(net, x, y, epochs=1, progress=False)

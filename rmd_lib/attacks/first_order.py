@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..checks import check_eps, check_images, check_labels, check_positive_int
+from ..checks import check_eps, check_images, check_labels, check_positive_int, count_classes
 
 __all__ = ["fgsm", "bim", "pgd", "project_ball", "input_gradient", "NORMS"]
 
@@ -24,7 +24,10 @@ def _check(model, x, y, eps, norm):
     y = check_labels(y, x.shape[0], "y")
     if y.device != x.device:
         raise ValueError(f"y is on {y.device} but x is on {x.device}; move y with y.to(x.device).")
-    return y, check_eps(eps)
+    eps = check_eps(eps)
+    # A label the model has no logit for would fail deep inside cross-entropy or gather.
+    check_labels(y, x.shape[0], "y", num_classes=count_classes(model, x))
+    return y, eps
 
 
 def input_gradient(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

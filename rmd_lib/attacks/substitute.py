@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..checks import check_eps, check_images, check_positive_int
+from ..checks import check_eps, check_images, check_labels, check_positive_int, count_classes
 from ..evaluation import predict
 from ..models import SubstituteNet
 from ..training import train_classifier
@@ -42,6 +42,7 @@ def jacobian_augment(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, lam:
     x: (N, C, H, W) in [0, 1]; labels: (N,) the oracle's labels; lam may be negative (the
     periodic sign flip). Returns (N, C, H, W), clipped to [0, 1].
     """
+    check_labels(labels, x.shape[0], "labels", num_classes=count_classes(net, x))
     x_req = x.detach().requires_grad_(True)
     with torch.enable_grad():
         picked = net(x_req).gather(1, labels.view(-1, 1)).sum()
@@ -49,8 +50,16 @@ def jacobian_augment(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, lam:
     return (x + lam * grad.sign()).clamp(0.0, 1.0).detach()
 
 
-def _oracle_labels(oracle, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return predict(oracle, x, batch_size).argmax(dim=1)
+def _oracle_labels(oracle, x: torch.Tensor, batch_size: int, num_classes) -> torch.Tensor:
+    logits = predict(oracle, x, batch_size)
+    y = logits.argmax(dim=1)
+    if num_classes is not None and int(y.max()) >= num_classes:
+        raise ValueError(
+            f"The oracle labelled an image {int(y.max())} (it scores {logits.shape[1]} classes) "
+            f"but the substitute has only {num_classes} classes; pass num_classes="
+            f"{logits.shape[1]} (or a net with {logits.shape[1]} outputs)."
+        )
+    return y
 
 
 def train_substitute(oracle, x_seed: torch.Tensor, *, rounds: int = 4, lam: float = 0.1,
@@ -91,7 +100,8 @@ def train_substitute(oracle, x_seed: torch.Tensor, *, rounds: int = 4, lam: floa
         x = torch.cat([x, x_extra.to(device).detach()])
     if query_budget is not None:
         x = x[:query_budget]
-    y = _oracle_labels(oracle, x, query_batch)
+    classes = count_classes(net, x)
+    y = _oracle_labels(oracle, x, query_batch, classes)
     queries, sizes = len(x), []
     gen = torch.Generator().manual_seed(seed)
     for rho in tqdm(range(rounds), desc="substitute", disable=not progress):
@@ -108,7 +118,7 @@ def train_substitute(oracle, x_seed: torch.Tensor, *, rounds: int = 4, lam: floa
         x_new = jacobian_augment(net, x, y, step)
         if room is not None and room < len(x_new):
             x_new = x_new[torch.randperm(len(x_new), generator=gen)[:room].to(device)]
-        y_new = _oracle_labels(oracle, x_new, query_batch)
+        y_new = _oracle_labels(oracle, x_new, query_batch, classes)
         queries += len(x_new)
         x, y = torch.cat([x, x_new]), torch.cat([y, y_new])
     net.eval()
