@@ -8,6 +8,7 @@ starts at a random point of the prior, which is what makes the defense randomise
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -15,7 +16,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checks import check_images, check_positive_int, model_device
+from .checks import (check_betas, check_images, check_in_range, check_positive, check_positive_int,
+                     model_device)
 
 __all__ = ["Projection", "project", "InvertAndClassify", "latent_path", "DEFENSE_GAN", "EXHAUSTIVE"]
 
@@ -73,6 +75,43 @@ def _row_mse(G: nn.Module, z: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return (G(z) - target).flatten(1).pow(2).mean(dim=1)
 
 
+def _check_options(*, steps, restarts, lr, optimizer, momentum, betas, decay_at, decay, prune,
+                   tol, patience, batch_size, **_) -> float:
+    """Check the settings of :func:`project` that do not depend on the images (InvertAndClassify
+    checks them when it is built); returns lr, its default for the optimizer filled in."""
+    check_positive_int(steps, "steps")
+    check_positive_int(restarts, "restarts")
+    if batch_size is not None:
+        check_positive_int(batch_size, "batch_size", "None optimises all images at once.")
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}.")
+    if lr is None:
+        lr = 0.1 if optimizer == "adam" else 10.0
+    check_positive(lr, "lr", "It is the step size in latent space; the defaults are 0.1 for "
+                   "'adam' and 10 for 'sgd'.")
+    check_in_range(momentum, "momentum", 0.0, 1.0, high_open=True,
+                   hint="It is the share of the last step that 'sgd' keeps; at 1 or above "
+                        "the steps never die out. The default is 0.9 (Defense-GAN used 0.7).")
+    check_betas(betas)
+    check_in_range(decay_at, "decay_at", 0.0, 1.0, low_open=True,
+                   hint="It is the fraction of the steps after which the step size decays; "
+                        "1 never decays. The default is 0.8.")
+    check_in_range(decay, "decay", 0.0, 1.0, low_open=True,
+                   hint="It multiplies the step size after decay_at * steps; 1 keeps it, "
+                        "0 would stop every image there. The default is 0.1.")
+    for frac, keep in prune:
+        if not (0 < frac < 1 and 0 < keep <= 1):
+            raise ValueError(f"prune entries are (fraction of steps, fraction kept) in (0, 1), got {(frac, keep)}.")
+    check_in_range(tol, "tol", 0.0, math.inf,
+                   hint="It is the relative improvement over patience steps below which an "
+                        "image stops early; the default is 1e-3.")
+    check_positive_int(patience, "patience",
+                       "It is the number of steps an image's fit is compared over before it "
+                       "stops early; with 0 every image would stop after one step. The default "
+                       "is 20.")
+    return lr
+
+
 def project(G: nn.Module, x: torch.Tensor, steps: int = 200, restarts: int = 10,
             lr: float | None = None, *, optimizer: str = "adam", momentum: float = 0.9,
             betas: tuple[float, float] = (0.9, 0.999), decay_at: float = 0.8, decay: float = 0.1,
@@ -95,19 +134,11 @@ def project(G: nn.Module, x: torch.Tensor, steps: int = 200, restarts: int = 10,
     ``record_at`` lists step counts after which every restart's best MSE is kept in
     ``Projection.history`` (for convergence curves).
     """
-    steps = check_positive_int(steps, "steps")
-    restarts = check_positive_int(restarts, "restarts")
+    lr = _check_options(steps=steps, restarts=restarts, lr=lr, optimizer=optimizer,
+                        momentum=momentum, betas=betas, decay_at=decay_at, decay=decay,
+                        prune=prune, tol=tol, patience=patience, batch_size=batch_size)
     device = model_device(G) or x.device
     check_images(x, "x", device=device)
-    if optimizer not in ("adam", "sgd"):
-        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}.")
-    if lr is None:
-        lr = 0.1 if optimizer == "adam" else 10.0
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}.")
-    for frac, keep in prune:
-        if not (0 < frac < 1 and 0 < keep <= 1):
-            raise ValueError(f"prune entries are (fraction of steps, fraction kept) in (0, 1), got {(frac, keep)}.")
     d = _latent_dim(G)
     n = x.shape[0]
     if z_init is not None:
@@ -126,7 +157,7 @@ def project(G: nn.Module, x: torch.Tensor, steps: int = 200, restarts: int = 10,
             "project images of the kind the generator was trained on."
         )
 
-    chunk = n if batch_size is None else check_positive_int(batch_size, "batch_size")
+    chunk = n if batch_size is None else batch_size
     parts = []
     n_chunks = math.ceil(n / chunk)
     bar = tqdm(total=n_chunks * steps, desc="projection", disable=not progress, unit="step")
@@ -235,6 +266,13 @@ def latent_path(G: nn.Module, z_a: torch.Tensor, z_b: torch.Tensor, n: int = 8) 
         return G((1 - t) * z_a + t * z_b)
 
 
+# The keywords of project() an InvertAndClassify passes on, with their defaults (the module
+# supplies G, x and the random stream itself).
+_PROJECTION_OPTIONS = {name: par.default
+                       for name, par in inspect.signature(project).parameters.items()
+                       if name not in ("G", "x", "seed", "generator")}
+
+
 class InvertAndClassify(nn.Module):
     """INC: classify G(z*) where z* is the projection of x onto the range of G.
 
@@ -242,11 +280,19 @@ class InvertAndClassify(nn.Module):
     classifier. Takes x (N, C, H, W) in [0, 1] and returns the classifier's logits on the
     projections. With an integer ``seed`` the restarts come from a generator owned by the
     module, so a run is reproducible while successive calls still draw fresh restarts. The
-    output carries no gradient to x: attacking INC needs BPDA or a substitute.
+    output carries no gradient to x: attacking INC needs BPDA or a substitute. Unknown or
+    out-of-range projection settings are refused when the module is built.
     """
 
     def __init__(self, G: nn.Module, classifier: nn.Module, *, seed: int | None = 0, **projection):
         super().__init__()
+        # Refused now rather than at the first call, which may come much later.
+        unknown = sorted(set(projection) - set(_PROJECTION_OPTIONS))
+        if unknown:
+            raise TypeError(f"InvertAndClassify got unknown projection option(s) {unknown}; "
+                            "it accepts seed and project()'s keywords: "
+                            f"{', '.join(_PROJECTION_OPTIONS)}.")
+        _check_options(**{**_PROJECTION_OPTIONS, **projection})
         self.G = G
         self.classifier = classifier
         self.projection = projection

@@ -211,3 +211,16 @@ def test_generator_jacobian_matches_autograd(tiny_generator):
 def test_bpda_rejects_an_unknown_backward(inc):
     with pytest.raises(ValueError, match="backward must be one of"):
         BPDA(inc, backward="exact")
+
+
+# ----------------------------------------------------------------------------------------
+# No gradient bookkeeping on the models' weights, and bad options
+# ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kw, message", [
+    (dict(lr=0.0), r"lr must be a finite number > 0, got 0\.0\."),
+    (dict(betas=(0.9, 1.0)), r"betas\[1\] must be a finite number in \[0, 1\), got 1\.0\."),
+    (dict(betas=(0.9,)), r"betas must be Adam's two moment decays"),
+])
+def test_unrolled_projection_refuses_bad_options(tiny_generator, tiny_batch, kw, message):
+    with pytest.raises(ValueError, match=message):
+        unrolled_project(tiny_generator, tiny_batch[0], steps=2, **kw)
