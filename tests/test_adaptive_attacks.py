@@ -217,6 +217,39 @@ def test_bpda_rejects_an_unknown_backward(inc):
 # No gradient bookkeeping on the models' weights, and bad options
 # ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kw, message", [
+    (dict(c_init=0.0), r"c_init must be a finite number > 0, got 0\.0\. .*no image moves"),
+    (dict(c_init=-1), r"c_init must be a finite number > 0, got -1\."),
+    (dict(lr=0.0), r"lr must be a finite number > 0, got 0\.0\."),
+])
+def test_cw_refuses_a_zero_constant_or_step(tiny_net, tiny_batch, kw, message):
+    x, y = tiny_batch
+    with pytest.raises(ValueError, match=message):
+        cw_l2(tiny_net, x, y, steps=2, binary_steps=1, **kw)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(lam_rate=0.0), r"lam_rate must be a finite number > 0, got 0\.0\. .*never enforced"),
+    (dict(lam_rate=-1.0), r"lam_rate must be a finite number > 0, got -1\.0\."),
+    (dict(lr=0), r"lr must be a finite number > 0, got 0\."),
+])
+def test_latent_attack_refuses_a_zero_rate(inc, tiny_batch, kw, message):
+    x, y = tiny_batch
+    with pytest.raises(ValueError, match=message):
+        latent_space_attack(inc, x, y, 0.5, steps=2, **kw)
+
+
+@pytest.mark.parametrize("damping, error, message", [
+    (-1e-3, ValueError, r"damping must be a finite number >= 0, got -0\.001\. .*default is 1e-3"),
+    (float("nan"), ValueError, r"damping must be a finite number >= 0, got nan\."),
+    ("small", TypeError, r"damping must be a number, got 'small'\."),
+])
+def test_bpda_refuses_negative_damping(inc, damping, error, message):
+    with pytest.raises(error, match=message):
+        BPDA(inc, backward="tangent", damping=damping)
+    BPDA(inc, backward="tangent", damping=0)  # undamped is allowed
+
+
+@pytest.mark.parametrize("kw, message", [
     (dict(lr=0.0), r"lr must be a finite number > 0, got 0\.0\."),
     (dict(betas=(0.9, 1.0)), r"betas\[1\] must be a finite number in \[0, 1\), got 1\.0\."),
     (dict(betas=(0.9,)), r"betas must be Adam's two moment decays"),

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.func import jacfwd, vmap
 
-from ..checks import check_positive_int
+from ..checks import check_in_range, check_positive_int
 from ..projection import InvertAndClassify
 
 __all__ = ["BPDA", "generator_jacobian", "BACKWARDS"]
@@ -66,6 +66,10 @@ class BPDA(nn.Module):
             raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}.")
         self.inc = inc
         self.samples = check_positive_int(samples, "samples")
+        check_in_range(damping, "damping", 0.0, math.inf,
+                       hint="It is the Levenberg-Marquardt damping of the tangent backward pass, "
+                            "a share of J^T J's mean eigenvalue: 0 is the undamped projector, "
+                            "the default is 1e-3.")
         self.backward, self.damping = backward, float(damping)
 
     def _tangent(self, xs: torch.Tensor, z: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
