@@ -121,3 +121,35 @@ def test_substitute_with_fewer_classes_than_the_oracle_says_num_classes(fixed_lo
         train_substitute(oracle, _images(8, 0), rounds=1, epochs=1, num_classes=3)
     sub = train_substitute(oracle, _images(8, 0), rounds=1, epochs=1, num_classes=5)
     assert (sub.y == 4).all()
+
+
+# ----------------------------------------------------------------------------------------
+# Side effects: the caller's random state and G's trainable flags
+# ----------------------------------------------------------------------------------------
+
+class TwoLayerGenerator(nn.Module):
+    """A generator with trainable weights in two layers, to freeze one of them."""
+
+    latent_dim = 4
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 36)
+
+    def forward(self, z):
+        return torch.sigmoid(self.b(torch.tanh(self.a(z)))).view(-1, *TINY_SHAPE)
+
+
+def test_train_encoder_gives_g_back_its_own_trainable_flags():
+    G = TwoLayerGenerator()
+    G.a.weight.requires_grad_(False)  # a mixed state: one tensor frozen by the caller
+    flags = [p.requires_grad for p in G.parameters()]
+    x, z_star = _images(8, 0), torch.zeros(8, 4)
+    enc = nn.Sequential(nn.Flatten(), nn.Linear(36, 4))
+    train_encoder(G, x, z_star, epochs=1, encoder=enc, batch_size=4)
+    assert [p.requires_grad for p in G.parameters()] == flags
+    assert all(p.grad is None for p in G.parameters())  # and G was not trained
+    # Also when training fails half-way (here: latents of the wrong width for G).
+    with pytest.raises(RuntimeError):
+        train_encoder(G, x, z_star, epochs=1, encoder=nn.Sequential(nn.Flatten(), nn.Linear(36, 5)))
+    assert [p.requires_grad for p in G.parameters()] == flags

@@ -43,8 +43,13 @@ BACKWARDS = ("identity", "tangent")
 
 
 def generator_jacobian(G: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """dG/dz at each row of z (B, d), batched with forward-mode autodiff: (B, pixels, d)."""
-    return vmap(jacfwd(lambda zi: G(zi.unsqueeze(0)).flatten()))(z.detach())
+    """dG/dz at each row of z (B, d), batched with forward-mode autodiff: (B, pixels, d).
+
+    A constant: no autograd graph through G's weights is recorded (forward-mode autodiff
+    does not need one), so it holds no memory for a backward pass and gives G no ``.grad``.
+    """
+    with torch.no_grad():
+        return vmap(jacfwd(lambda zi: G(zi.unsqueeze(0)).flatten()))(z.detach())
 
 
 class BPDA(nn.Module):

@@ -40,6 +40,8 @@ def train_encoder(G: nn.Module, x: torch.Tensor, z_star: torch.Tensor, *, epochs
         torch.manual_seed(seed)
         encoder = Encoder(z_star.shape[1], x.shape[1], x.shape[-1])
     encoder = encoder.to(device)
+    # G is frozen while E trains, then gets back each parameter's own flag (some may be frozen).
+    trainable = [p.requires_grad for p in G.parameters()]
     for p in G.parameters():
         p.requires_grad_(False)
     with torch.no_grad():
@@ -55,8 +57,8 @@ def train_encoder(G: nn.Module, x: torch.Tensor, z_star: torch.Tensor, *, epochs
         _fit(encoder, len(x), batch_loss, epochs=epochs, batch_size=batch_size, lr=lr,
              seed=seed, desc="encoder", progress=progress)
     finally:
-        for p in G.parameters():
-            p.requires_grad_(True)
+        for p, flag in zip(G.parameters(), trainable):
+            p.requires_grad_(flag)
     return encoder
 
 

@@ -63,8 +63,8 @@ def cw_l2(model, x: torch.Tensor, y: torch.Tensor, eps: float = math.inf, *, nor
                 logits = model(x_adv)
                 margin = _margin(logits, y, kappa)
                 loss = (l2 + c * margin).sum()
-            opt.zero_grad()
-            loss.backward()
+                # The gradient of w alone: the model's weights get no .grad (and none is computed).
+                w.grad, = torch.autograd.grad(loss, w)
             opt.step()
             with torch.no_grad():
                 # Adversarial with the required confidence: the margin is at its floor -kappa.

@@ -72,8 +72,8 @@ def latent_space_attack(inc: InvertAndClassify, x: torch.Tensor, y: torch.Tensor
             v = _violation(x_g - anchor, eps, norm)
             margin = _margin(clf(x_g), y, kappa)
             loss = (margin + lam * v).sum()
-        opt.zero_grad()
-        loss.backward()
+            # The gradient of z alone: G's and the classifier's weights get no .grad.
+            z.grad, = torch.autograd.grad(loss, z)
         with torch.no_grad():
             # Score this iterate (before the step moves z): feasible and lower margin wins.
             better = (v <= 1e-6 * max(eps, 1e-12)) & (margin < best_margin)
