@@ -22,6 +22,7 @@ from torch import nn
 
 from .checks import check_images, check_positive_int
 from .models.dip import DIPNet
+from .training import seeded
 
 __all__ = ["DIPResult", "deep_image_prior", "DIPDefense", "DIPBPDA", "image_seeds"]
 
@@ -118,8 +119,7 @@ def deep_image_prior(x: torch.Tensor, steps: int, *, record_at=None, mse_thresho
 
     nets = []
     for init_seed, _ in seeds:
-        with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
-            torch.manual_seed(init_seed)
+        with seeded(init_seed):  # leave the caller's random state (GPUs' too) alone
             nets.append(DIPNet(noise_channels, 3, width, skip, depth))
     net = DIPNet.stack(nets).to(dev, x.dtype)
     gens = [torch.Generator(device=dev).manual_seed(noise_seed) for _, noise_seed in seeds]
