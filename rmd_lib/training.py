@@ -179,8 +179,17 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     if not path.exists():
         raise FileNotFoundError(f"Checkpoint {path} does not exist.")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except SafetensorError as exc:  # not safetensors at all, or cut short
+            raise ValueError(
+                f"{path} is not a valid safetensors file ({exc}). A .safetensors checkpoint holds "
+                "a state dict written by safetensors (save_checkpoint does that); a torch.save "
+                "file needs the suffix .pt. A download or cached file that fails here is corrupt "
+                "or truncated: delete it and fetch it again (check its SHA-256)."
+            ) from exc
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)

@@ -194,6 +194,22 @@ def test_pickled_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
+def test_garbage_safetensors_checkpoint_names_the_file_and_the_format(tmp_path):
+    for name, content in [("junk.safetensors", b"not a checkpoint at all" * 4),
+                          ("empty.safetensors", b"")]:
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=r"is not a valid safetensors file") as err:
+            load_checkpoint(nn.Linear(2, 2), path)
+        msg = str(err.value)
+        assert str(path) in msg and "save_checkpoint" in msg and "delete it" in msg
+    # A torch.save file under the .safetensors name says which suffix it needs.
+    pt = tmp_path / "saved_with_torch.safetensors"
+    torch.save(nn.Linear(2, 2).state_dict(), pt)
+    with pytest.raises(ValueError, match=r"suffix \.pt"):
+        load_checkpoint(nn.Linear(2, 2), pt)
+
+
 def test_train_classifier_names_a_label_without_a_class():
     x, y = torch.rand(8, 1, 6, 6), torch.tensor([0, 1, 2, 0, 12, 1, 2, 0])
     net = nn.Sequential(nn.Flatten(), nn.Linear(36, 3))
