@@ -550,7 +550,10 @@ def toy_images(n: int = 256, shape: tuple[int, ...] = (1, 8, 8), classes: int = 
 def toy_classifier(x: torch.Tensor, y: torch.Tensor, hidden: int = 32, steps: int = 200,
                    lr: float = 0.02, seed: int = 0) -> nn.Module:
     """A one-hidden-layer tanh MLP fit to (x, y) by full-batch Adam; frozen, in eval mode."""
-    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
+    # Seeded weights without touching the caller's RNG; torch.manual_seed seeds the GPUs
+    # too, so their states are forked as well where there are any.
+    gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=gpus):
         torch.manual_seed(seed)
         net = nn.Sequential(nn.Flatten(), nn.Linear(x[0].numel(), hidden), nn.Tanh(),
                             nn.Linear(hidden, int(y.max()) + 1)).to(x.device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
+import math
 import os
 import tempfile
 import urllib.request
@@ -129,14 +130,72 @@ def fetch(url: str, dest: str | Path, sha256: str, timeout: float = 60.0) -> Pat
     return dest
 
 
+def _idx_dims(path: Path, head: bytes, size: int, ndim: int | None = None) -> list[int]:
+    """The dimensions an IDX file of unsigned bytes announces, checked against its length.
+
+    head: its first bytes (at least the header); size: its length in bytes (uncompressed).
+    A wrong magic number or a length that does not match the header (a truncated download,
+    an HTML error page saved under the file's name) raises an error that names the file.
+    """
+    def corrupt(problem: str) -> DataUnavailableError:
+        return DataUnavailableError(
+            f"{path} is not a valid IDX file: {problem}. It is corrupt or truncated: delete it "
+            "and download it again (the official .gz archives' SHA-256 are in "
+            "rmd_lib.data.MNIST_RAW_SHA256 and OFFLINE_FILES)."
+        )
+
+    magic = int.from_bytes(head[:4], "big") if size >= 4 else None
+    # 0x0000 08 nn: unsigned bytes (type 0x08) in nn dimensions, the layout of the MNIST files.
+    if magic is None or magic >> 8 != 0x08 or not 1 <= (magic & 0xFF) <= 4:
+        shown = "missing" if magic is None else f"0x{magic:08x}"
+        raise corrupt(f"its magic number is {shown}, not 0x0000080n (unsigned bytes, n dimensions)")
+    if ndim is not None and magic & 0xFF != ndim:
+        raise corrupt(f"it has {magic & 0xFF} dimensions, {ndim} were expected")
+    header = 4 + 4 * (magic & 0xFF)
+    if size < header:
+        raise corrupt(f"it has {size} bytes, fewer than its {header}-byte header")
+    dims = [int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(magic & 0xFF)]
+    if size != header + math.prod(dims):
+        shape = " x ".join(map(str, dims))
+        raise corrupt(f"its header announces {shape} = {math.prod(dims)} bytes of data but it "
+                      f"holds {size - header}")
+    return dims
+
+
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as fh:
         raw = fh.read()
-    magic = int.from_bytes(raw[:4], "big")
-    ndim = magic & 0xFF
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    dims = _idx_dims(path, raw, len(raw))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * len(dims)).reshape(dims)
+
+
+def _check_local_idx(raw_folder: Path) -> None:
+    """Check the four IDX files of a local copy in torchvision's layout before torchvision
+    reads them: its reader fails on a corrupt file with "invalid literal for int() with base
+    16", an AssertionError, or an error that silently drops the local copy."""
+    files = {f"{split}-{kind}-idx{nd}-ubyte": nd for split in ("train", "t10k")
+             for kind, nd in (("images", 3), ("labels", 1))}
+    if not all((raw_folder / name).is_file() for name in files):
+        return  # torchvision reports the missing files, and another source is tried
+    counts = {}
+    for name, ndim in files.items():
+        path = raw_folder / name
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+        dims = _idx_dims(path, head, path.stat().st_size, ndim)
+        if ndim == 3 and dims[1:] != [28, 28]:
+            raise DataUnavailableError(
+                f"{path} holds {dims[1]}x{dims[2]} images, not MNIST's 28x28: it is not an MNIST "
+                "file. Delete it and download it again."
+            )
+        counts.setdefault(name.split("-")[0], []).append(dims[0])
+    for split, (n_images, n_labels) in counts.items():
+        if n_images != n_labels:
+            raise DataUnavailableError(
+                f"{raw_folder} has {n_images} {split} images but {n_labels} {split} labels: the "
+                "files do not belong together. Delete them and download them again."
+            )
 
 
 def _to_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,6 +208,7 @@ def _torchvision(name: str, root: Path, download: bool):
     from torchvision import datasets as tvd
 
     cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST}[name]
+    _check_local_idx(root / cls.__name__ / "raw")
     try:
         train = cls(str(root), train=True, download=download)
         test = cls(str(root), train=False, download=download)

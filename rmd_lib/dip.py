@@ -24,6 +24,7 @@ from .checks import check_images, check_positive_int
 from .memory import budget_bytes, rows_per_chunk, saved_bytes
 from .models.dip import DIPNet
 from .randomness import Draws, as_indices, stream_seed
+from .training import seeded
 
 __all__ = ["DIPResult", "deep_image_prior", "DIPDefense", "DIPBPDA"]
 
@@ -161,8 +162,7 @@ def _fit(x, streams, steps, record, net_options, lr, input_jitter, ema, mse_thre
 
     nets = []
     for key in streams:
-        with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
-            torch.manual_seed(stream_seed(*key, _INIT))
+        with seeded(stream_seed(*key, _INIT)):  # leave the caller's random state (GPUs' too) alone
             nets.append(DIPNet(noise_channels, 3, width, skip, depth))
     net = DIPNet.stack(nets).to(dev, x.dtype)
     # Ulyanov et al.'s input: uniform noise scaled by 1/10, fixed for the whole fit.

@@ -48,10 +48,15 @@ def saved_bytes(fn: Callable[[], object]) -> int:
 
     def count(t: torch.Tensor):
         nonlocal total
-        key = (t.untyped_storage().data_ptr(), t.device)
+        try:
+            storage = t.untyped_storage()
+            key, size = (storage.data_ptr(), t.device), storage.nbytes()
+        except (RuntimeError, NotImplementedError):
+            # a tensor without a plain storage (a functorch wrapper, say): its own size
+            key, size = id(t), t.numel() * t.element_size()
         if key not in seen:
             seen.add(key)
-            total += t.untyped_storage().nbytes()
+            total += size
         return t
 
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):

@@ -10,6 +10,7 @@ on the batch or chunk the image is projected in.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -17,7 +18,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checks import check_images, check_positive_int, model_device
+from .checks import (check_betas, check_images, check_in_range, check_positive, check_positive_int,
+                     model_device)
 from .memory import budget_bytes, rows_per_chunk, saved_bytes
 from .randomness import Draws, as_indices, per_image
 
@@ -84,48 +86,8 @@ def _row_mse(G: nn.Module, z: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return (G(z) - target).flatten(1).pow(2).mean(dim=1)
 
 
-def project(G: nn.Module, x: torch.Tensor, steps: int = 200, restarts: int = 10,
-            lr: float | None = None, *, optimizer: str = "adam", momentum: float = 0.9,
-            betas: tuple[float, float] = (0.9, 0.999), decay_at: float = 0.8, decay: float = 0.1,
-            prune: tuple[tuple[float, float], ...] | None = None,
-            early_stop: bool = True, tol: float = 1e-3, patience: int = 20,
-            z_init: torch.Tensor | None = None, seed: int | None = 0,
-            generator: torch.Generator | None = None, indices=None, call=0, sample=0,
-            batch_size: int | None = None, record_at: tuple[int, ...] = (),
-            progress: bool = False) -> Projection:
-    """Project images onto the range of G by gradient descent in latent space with restarts.
-
-    x: (N, C, H, W) in [0, 1]; G maps (B, latent_dim) to images of x's shape. ``optimizer`` is
-    ``"adam"`` (default, ``lr`` 0.1) or ``"sgd"`` with ``momentum`` (``lr`` 10, as Defense-GAN
-    used on the per-pixel MSE). The step size is multiplied by ``decay`` after ``decay_at *
-    steps``. ``prune`` lists (fraction of steps, fraction of restarts kept): at each point every
-    image keeps only its best restarts; no fraction may be below ``MIN_PRUNE_FRACTION`` (0.2),
-    and no two may fall on the same step. None is ``DEFAULT_PRUNE``, whose points merge
-    (the later one wins) where a short run puts them on the same step. With ``early_stop``, an image stops once its best MSE
-    improved by less than a relative ``tol`` over ``patience`` steps. ``z_init`` (N * R, d)
-    replaces the random starts (e.g. an encoder's warm start). Otherwise, with ``seed``,
-    image i's R restarts are drawn from the prior with its own stream, keyed by (seed,
-    ``indices[i]``, ``call``, ``sample``): ``indices`` are the images' global indices
-    (default 0..N-1; a chunk or shard passes its own), ``call`` and ``sample`` an int or one
-    value per image (see :mod:`rmd_lib.randomness`). So the restarts of an image do not
-    depend on the batch it is projected in. An explicit ``generator`` instead draws all
-    N * R starts from that one generator, in batch order; ``seed=None`` uses the global RNG.
-    ``batch_size`` caps the number of images optimised at once; None picks it from the
-    memory budget (:mod:`rmd_lib.memory`): what one row's step costs, measured on the first
-    image, times the restarts, against the device's budget. Chunks give the same results.
-    ``record_at`` lists step counts after which every restart's best MSE is kept in
-    ``Projection.history`` (for convergence curves).
-    """
-    steps = check_positive_int(steps, "steps")
-    restarts = check_positive_int(restarts, "restarts")
-    device = model_device(G) or x.device
-    check_images(x, "x", device=device)
-    if optimizer not in ("adam", "sgd"):
-        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}.")
-    if lr is None:
-        lr = 0.1 if optimizer == "adam" else 10.0
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}.")
+def _prune_schedule(prune, steps: int) -> tuple[tuple[float, float], ...]:
+    """The checked prune points of :func:`project`, at most one per step (see its docstring)."""
     default = prune is None
     prune = DEFAULT_PRUNE if default else tuple(prune)
     prune_at = {}
@@ -143,6 +105,82 @@ def project(G: nn.Module, x: torch.Tensor, steps: int = 200, restarts: int = 10,
                 f"prune fractions {prune_at[at][0]:g} and {frac:g} both fall on step {at} of "
                 f"{steps}; give fractions at least {1 / steps:.3g} apart, or fewer of them.")
         prune_at[at] = (frac, keep)
+    return tuple(prune_at.values())
+
+
+def _check_options(*, steps, restarts, lr, optimizer, momentum, betas, decay_at, decay, prune,
+                   tol, patience, batch_size, **_) -> float:
+    """Check the settings of :func:`project` that do not depend on the images (InvertAndClassify
+    checks them when it is built); returns lr, its default for the optimizer filled in."""
+    check_positive_int(steps, "steps")
+    check_positive_int(restarts, "restarts")
+    if batch_size is not None:
+        check_positive_int(batch_size, "batch_size", "None optimises all images at once.")
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}.")
+    if lr is None:
+        lr = 0.1 if optimizer == "adam" else 10.0
+    check_positive(lr, "lr", "It is the step size in latent space; the defaults are 0.1 for "
+                   "'adam' and 10 for 'sgd'.")
+    check_in_range(momentum, "momentum", 0.0, 1.0, high_open=True,
+                   hint="It is the share of the last step that 'sgd' keeps; at 1 or above "
+                        "the steps never die out. The default is 0.9 (Defense-GAN used 0.7).")
+    check_betas(betas)
+    check_in_range(decay_at, "decay_at", 0.0, 1.0, low_open=True,
+                   hint="It is the fraction of the steps after which the step size decays; "
+                        "1 never decays. The default is 0.8.")
+    check_in_range(decay, "decay", 0.0, 1.0, low_open=True,
+                   hint="It multiplies the step size after decay_at * steps; 1 keeps it, "
+                        "0 would stop every image there. The default is 0.1.")
+    _prune_schedule(prune, steps)
+    check_in_range(tol, "tol", 0.0, math.inf,
+                   hint="It is the relative improvement over patience steps below which an "
+                        "image stops early; the default is 1e-3.")
+    check_positive_int(patience, "patience",
+                       "It is the number of steps an image's fit is compared over before it "
+                       "stops early; with 0 every image would stop after one step. The default "
+                       "is 20.")
+    return lr
+
+
+def project(G: nn.Module, x: torch.Tensor, steps: int = 200, restarts: int = 10,
+            lr: float | None = None, *, optimizer: str = "adam", momentum: float = 0.9,
+            betas: tuple[float, float] = (0.9, 0.999), decay_at: float = 0.8, decay: float = 0.1,
+            prune: tuple[tuple[float, float], ...] | None = None,
+            early_stop: bool = True, tol: float = 1e-3, patience: int = 20,
+            z_init: torch.Tensor | None = None, seed: int | None = 0,
+            generator: torch.Generator | None = None, indices=None, call=0, sample=0,
+            batch_size: int | None = None, record_at: tuple[int, ...] = (),
+            progress: bool = False) -> Projection:
+    """Project images onto the range of G by gradient descent in latent space with restarts.
+
+    x: (N, C, H, W) in [0, 1]; G maps (B, latent_dim) to images of x's shape. ``optimizer`` is
+    ``"adam"`` (default, ``lr`` 0.1) or ``"sgd"`` with ``momentum`` (``lr`` 10, as Defense-GAN
+    used on the per-pixel MSE). The step size is multiplied by ``decay`` after ``decay_at *
+    steps``. ``prune`` lists (fraction of steps, fraction of restarts kept): at each point every
+    image keeps only its best restarts; no fraction may be below ``MIN_PRUNE_FRACTION`` (0.2),
+    and no two may fall on the same step. None is ``DEFAULT_PRUNE``, whose points merge
+    (the later one wins) where a short run puts them on the same step. With ``early_stop``,
+    an image stops once its best MSE improved by less than a relative ``tol`` over
+    ``patience`` steps. ``z_init`` (N * R, d)
+    replaces the random starts (e.g. an encoder's warm start). Otherwise, with ``seed``,
+    image i's R restarts are drawn from the prior with its own stream, keyed by (seed,
+    ``indices[i]``, ``call``, ``sample``): ``indices`` are the images' global indices
+    (default 0..N-1; a chunk or shard passes its own), ``call`` and ``sample`` an int or one
+    value per image (see :mod:`rmd_lib.randomness`). So the restarts of an image do not
+    depend on the batch it is projected in. An explicit ``generator`` instead draws all
+    N * R starts from that one generator, in batch order; ``seed=None`` uses the global RNG.
+    ``batch_size`` caps the number of images optimised at once; None picks it from the
+    memory budget (:mod:`rmd_lib.memory`): what one row's step costs, measured on the first
+    image, times the restarts, against the device's budget. Chunks give the same results.
+    ``record_at`` lists step counts after which every restart's best MSE is kept in
+    ``Projection.history`` (for convergence curves).
+    """
+    lr = _check_options(steps=steps, restarts=restarts, lr=lr, optimizer=optimizer,
+                        momentum=momentum, betas=betas, decay_at=decay_at, decay=decay,
+                        prune=prune, tol=tol, patience=patience, batch_size=batch_size)
+    device = model_device(G) or x.device
+    check_images(x, "x", device=device)
     d = _latent_dim(G)
     n = x.shape[0]
     if z_init is not None:
@@ -169,7 +207,7 @@ def project(G: nn.Module, x: torch.Tensor, steps: int = 200, restarts: int = 10,
         chunk = min(n, rows_per_chunk(row * restarts, budget_bytes(device),
                                       f"project ({restarts} restarts per image)"))
     else:
-        chunk = check_positive_int(batch_size, "batch_size")
+        chunk = batch_size
     parts = []
     n_chunks = math.ceil(n / chunk)
     bar = tqdm(total=n_chunks * steps, desc="projection", disable=not progress, unit="step")
@@ -178,7 +216,7 @@ def project(G: nn.Module, x: torch.Tensor, steps: int = 200, restarts: int = 10,
         rows = slice(start * restarts, stop * restarts)
         parts.append(_project_chunk(G, x[start:stop], z0[rows].to(device), steps, restarts,
                                     float(lr), optimizer, momentum, betas, decay_at, decay,
-                                    tuple(prune_at.values()), early_stop, tol, patience,
+                                    _prune_schedule(prune, steps), early_stop, tol, patience,
                                     set(record_at), bar))
     bar.close()
     z = torch.cat([p[0] for p in parts])
@@ -279,6 +317,14 @@ def latent_path(G: nn.Module, z_a: torch.Tensor, z_b: torch.Tensor, n: int = 8) 
         return G((1 - t) * z_a + t * z_b)
 
 
+# The keywords of project() an InvertAndClassify passes on, with their defaults (the module
+# supplies G, x and the random stream itself).
+_PROJECTION_OPTIONS = {name: par.default
+                       for name, par in inspect.signature(project).parameters.items()
+                       if name not in ("G", "x", "seed", "generator", "indices", "call",
+                                       "sample")}
+
+
 class InvertAndClassify(nn.Module):
     """INC: classify G(z*) where z* is the projection of x onto the range of G.
 
@@ -290,11 +336,19 @@ class InvertAndClassify(nn.Module):
     (:func:`rmd_lib.randomness.chunked`, as :func:`~rmd_lib.evaluation.predict` does)
     changes nothing. ``reset()`` starts the streams over, so that two evaluations can be
     scored on the same draws. The output carries no gradient to x: attacking INC needs
-    BPDA or a substitute.
+    BPDA or a substitute. Unknown or out-of-range projection settings are refused when
+    the module is built.
     """
 
     def __init__(self, G: nn.Module, classifier: nn.Module, *, seed: int | None = 0, **projection):
         super().__init__()
+        # Refused now rather than at the first call, which may come much later.
+        unknown = sorted(set(projection) - set(_PROJECTION_OPTIONS))
+        if unknown:
+            raise TypeError(f"InvertAndClassify got unknown projection option(s) {unknown}; "
+                            "it accepts seed and project()'s keywords: "
+                            f"{', '.join(_PROJECTION_OPTIONS)}.")
+        _check_options(**{**_PROJECTION_OPTIONS, **projection})
         self.G = G
         self.classifier = classifier
         self.projection = projection

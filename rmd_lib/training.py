@@ -6,6 +6,7 @@ cached under a hash of its configuration, so a second run of a notebook reuses i
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -17,13 +18,14 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from .checks import check_labels, count_classes
 from .data import Dataset, default_data_dir, fetch
 from .models import VAE, BEGANDiscriminator, BEGANGenerator, MnistClassifier, WGANCritic, WGANGenerator
 from .profiles import Profile, resolve_device
 
 __all__ = [
-    "set_seed", "train_classifier", "train_vae", "train_wgan_gp", "train_began", "pretrained_or_train",
-    "save_checkpoint", "load_checkpoint", "model_config", "CACHE_FORMAT", "training_environment",
+    "set_seed", "seeded", "train_classifier", "train_vae", "train_wgan_gp", "train_began",
+    "pretrained_or_train", "save_checkpoint", "load_checkpoint", "model_config", "CACHE_FORMAT", "training_environment",
     "trained_with",
 ]
 
@@ -36,6 +38,28 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Run a block with every RNG seeded as by ``set_seed(seed)``, then give the caller back
+    its own Python, NumPy and torch (CPU and CUDA) random states.
+
+    For a library function that needs the global RNG, e.g. to initialise a module's weights
+    (nn.Module constructors draw from it): the weights depend on the seed alone, and the
+    caller's random stream is not moved as a side effect.
+    """
+    py_state, np_state = random.getstate(), np.random.get_state()
+    # torch.manual_seed also seeds every GPU (lazily, when CUDA is not yet started): fork
+    # them all where there is CUDA, as torch.random.fork_rng does by default.
+    gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=gpus):
+            set_seed(seed)
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator):
@@ -71,6 +95,8 @@ def train_classifier(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs
                      progress: bool = True) -> list[float]:
     """Cross-entropy training with Adam; x (N, C, H, W) in [0, 1], y (N,). Returns epoch losses."""
     device = next(net.parameters()).device
+    # A label without a logit would fail deep inside cross-entropy ("Target 12 is out of bounds").
+    check_labels(y, len(x), "y", num_classes=count_classes(net, x[:1].to(device)))
     return _fit(net, len(x), lambda idx: F.cross_entropy(net(x[idx].to(device)), y[idx].to(device)),
                 epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, desc="classifier",
                 progress=progress)
@@ -153,8 +179,17 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     if not path.exists():
         raise FileNotFoundError(f"Checkpoint {path} does not exist.")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except SafetensorError as exc:  # not safetensors at all, or cut short
+            raise ValueError(
+                f"{path} is not a valid safetensors file ({exc}). A .safetensors checkpoint holds "
+                "a state dict written by safetensors (save_checkpoint does that); a torch.save "
+                "file needs the suffix .pt. A download or cached file that fails here is corrupt "
+                "or truncated: delete it and fetch it again (check its SHA-256)."
+            ) from exc
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -278,7 +313,8 @@ def pretrained_or_train(kind: str, dataset: Dataset, profile: Profile, *, seed: 
     """
     device = resolve_device(device)
     cfg = model_config(kind, dataset, profile, seed)
-    model = _build(cfg, len(dataset.classes))
+    with torch.random.fork_rng(devices=[]):  # weights loaded below: do not draw the caller's RNG
+        model = _build(cfg, len(dataset.classes))
     if checkpoint is not None:
         ckpt = str(checkpoint)
         if ckpt.startswith(("http://", "https://", "file://")):
@@ -295,9 +331,9 @@ def pretrained_or_train(kind: str, dataset: Dataset, profile: Profile, *, seed: 
             load_checkpoint(model, path)
             source = f"cache {path.name}{trained_with(path)}"
         else:
-            set_seed(seed)  # the initial weights depend on the seed alone
-            model = _build(cfg, len(dataset.classes)).to(device)
-            _train(model, cfg, dataset, device, progress)
+            with seeded(seed):  # the weights depend on the seed alone; the caller's RNG is kept
+                model = _build(cfg, len(dataset.classes)).to(device)
+                _train(model, cfg, dataset, device, progress)
             save_checkpoint(model, path, {**cfg, "trained_with": training_environment(device)})
             source = f"trained now, cached as {path.name}{trained_with(path)}"
     model = model.to(device).eval()

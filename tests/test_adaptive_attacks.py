@@ -211,3 +211,136 @@ def test_generator_jacobian_matches_autograd(tiny_generator):
 def test_bpda_rejects_an_unknown_backward(inc):
     with pytest.raises(ValueError, match="backward must be one of"):
         BPDA(inc, backward="exact")
+
+
+# ----------------------------------------------------------------------------------------
+# No gradient bookkeeping on the models' weights, and bad options
+# ----------------------------------------------------------------------------------------
+from torch import nn  # noqa: E402
+from torch.func import jacfwd, vmap  # noqa: E402
+
+
+class ParamGenerator(nn.Module):
+    """G(z) = sigmoid(Linear(z)) on 1x6x6 images, with trainable weights (unlike the buffers of
+    the conftest generator), so that a stray graph through G's weights would show."""
+
+    def __init__(self, latent_dim=4, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.latent_dim = latent_dim
+        self.lin = nn.Linear(latent_dim, 36)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.randn(36, latent_dim, generator=g))
+            self.lin.bias.copy_(0.1 * torch.randn(36, generator=g))
+
+    def forward(self, z):
+        return torch.sigmoid(self.lin(z)).view(-1, 1, 6, 6)
+
+    def sample_latent(self, n, generator=None, device=None):
+        return torch.randn(n, self.latent_dim, generator=generator, device=device)
+
+
+def _reference_tangent_bpda(inc, damping, samples):
+    """BPDA(backward="tangent") as it was first written: the Jacobian keeps its autograd graph
+    through G's weights."""
+    def model(x):
+        xs = x.repeat(samples, *[1] * (x.ndim - 1))
+        idx, call = inc.draws.next(x.shape[0])  # the same restarts as BPDA's EOT copies
+        sample = torch.arange(samples).repeat_interleave(x.shape[0])
+        proj = inc.project(xs.detach(), indices=idx.repeat(samples), call=call, sample=sample)
+        J = vmap(jacfwd(lambda zi: inc.G(zi.unsqueeze(0)).flatten()))(proj.z.detach())
+        JtJ = J.transpose(1, 2) @ J
+        mu = damping * JtJ.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-12)
+        JtJ = JtJ + mu[:, None, None] * torch.eye(J.shape[2], device=J.device, dtype=J.dtype)
+        delta = (xs - xs.detach()).flatten(1).unsqueeze(2)
+        move = J @ torch.linalg.solve(JtJ, J.transpose(1, 2) @ delta)
+        x_lin = proj.x_hat + move.view_as(xs)
+        log_probs = inc.classifier(x_lin).log_softmax(dim=1).view(samples, x.shape[0], -1)
+        return torch.logsumexp(log_probs, dim=0) - math.log(samples)
+    return model
+
+
+@pytest.mark.parametrize("samples", [1, 2])
+def test_tangent_bpda_gradient_is_unchanged_and_leaves_g_without_grad(tiny_batch, samples):
+    from conftest import make_tiny_net
+    x, y = tiny_batch
+    G = ParamGenerator()
+    inc = InvertAndClassify(G, make_tiny_net(), seed=2, steps=15, restarts=2)
+    g_ref = input_gradient(_reference_tangent_bpda(inc, 1e-3, samples), x, y)
+    assert all(p.grad is None for p in G.parameters())  # input_gradient takes d/dx only
+    inc.reset()
+    bpda = BPDA(inc, samples=samples, backward="tangent")
+    g_new = input_gradient(bpda, x, y)
+    assert torch.equal(g_new, g_ref)
+    # A full backward pass reaches x and the classifier, but not G: J is a constant.
+    inc.reset()
+    x_req = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        F.cross_entropy(bpda(x_req), y).backward()
+    assert x_req.grad is not None and x_req.grad.abs().sum() > 0
+    assert all(p.grad is None for p in G.parameters())
+    # The first version did give G gradients, and so kept the graph that holds them.
+    inc.reset()
+    reference = _reference_tangent_bpda(inc, 1e-3, samples)
+    with torch.enable_grad():
+        F.cross_entropy(reference(x.clone().requires_grad_(True)), y).backward()
+    assert all(p.grad is not None for p in G.parameters())
+
+
+def test_cw_leaves_no_grad_on_the_model(tiny_net, tiny_batch):
+    x, y = tiny_batch
+    assert all(p.requires_grad for p in tiny_net.parameters())
+    cw_l2(tiny_net, x, y, steps=5, binary_steps=2)
+    assert all(p.grad is None for p in tiny_net.parameters())
+
+
+def test_latent_attack_leaves_no_grad_on_g_or_the_classifier(tiny_batch):
+    from conftest import make_tiny_net
+    x, y = tiny_batch
+    G, clf = ParamGenerator(), make_tiny_net()
+    inc = InvertAndClassify(G, clf, seed=0, steps=10, restarts=2)
+    latent_space_attack(inc, x, y, 1.0, steps=5)
+    assert all(p.grad is None for p in [*G.parameters(), *clf.parameters()])
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(c_init=0.0), r"c_init must be a finite number > 0, got 0\.0\. .*no image moves"),
+    (dict(c_init=-1), r"c_init must be a finite number > 0, got -1\."),
+    (dict(lr=0.0), r"lr must be a finite number > 0, got 0\.0\."),
+])
+def test_cw_refuses_a_zero_constant_or_step(tiny_net, tiny_batch, kw, message):
+    x, y = tiny_batch
+    with pytest.raises(ValueError, match=message):
+        cw_l2(tiny_net, x, y, steps=2, binary_steps=1, **kw)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(lam_rate=0.0), r"lam_rate must be a finite number > 0, got 0\.0\. .*never enforced"),
+    (dict(lam_rate=-1.0), r"lam_rate must be a finite number > 0, got -1\.0\."),
+    (dict(lr=0), r"lr must be a finite number > 0, got 0\."),
+])
+def test_latent_attack_refuses_a_zero_rate(inc, tiny_batch, kw, message):
+    x, y = tiny_batch
+    with pytest.raises(ValueError, match=message):
+        latent_space_attack(inc, x, y, 0.5, steps=2, **kw)
+
+
+@pytest.mark.parametrize("damping, error, message", [
+    (-1e-3, ValueError, r"damping must be a finite number >= 0, got -0\.001\. .*default is 1e-3"),
+    (float("nan"), ValueError, r"damping must be a finite number >= 0, got nan\."),
+    ("small", TypeError, r"damping must be a number, got 'small'\."),
+])
+def test_bpda_refuses_negative_damping(inc, damping, error, message):
+    with pytest.raises(error, match=message):
+        BPDA(inc, backward="tangent", damping=damping)
+    BPDA(inc, backward="tangent", damping=0)  # undamped is allowed
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(lr=0.0), r"lr must be a finite number > 0, got 0\.0\."),
+    (dict(betas=(0.9, 1.0)), r"betas\[1\] must be a finite number in \[0, 1\), got 1\.0\."),
+    (dict(betas=(0.9,)), r"betas must be Adam's two moment decays"),
+])
+def test_unrolled_projection_refuses_bad_options(tiny_generator, tiny_batch, kw, message):
+    with pytest.raises(ValueError, match=message):
+        unrolled_project(tiny_generator, tiny_batch[0], steps=2, **kw)

@@ -221,3 +221,119 @@ def test_fgsm_on_invert_and_classify_explains_there_is_no_gradient(tiny_generato
     with pytest.raises(TypeError, match="carries no gradient") as err:
         fgsm(inc, x, y, 0.1)
     assert "BPDA" in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------
+# Ranges of numeric options, and labels the model has no class for
+# ----------------------------------------------------------------------------------------
+from rmd_lib.checks import check_betas, check_in_range, check_positive, count_classes  # noqa: E402
+
+
+@pytest.mark.parametrize("value", [0.5, 1, np.float32(0.25), torch.tensor(1.0)])
+def test_in_range_returns_the_value_itself(value):
+    assert check_in_range(value, "decay", 0.0, 1.0, low_open=True) is value
+
+
+@pytest.mark.parametrize("value, kw, where", [
+    (0.0, dict(low_open=True), r"in \(0, 1\]"),
+    (1.0, dict(high_open=True), r"in \[0, 1\)"),
+    (-0.1, {}, r"in \[0, 1\]"),
+    (float("nan"), {}, r"in \[0, 1\]"),
+])
+def test_in_range_names_the_argument_the_interval_and_the_value(value, kw, where):
+    with pytest.raises(ValueError, match=where) as err:
+        check_in_range(value, "decay", 0.0, 1.0, hint="The default is 0.1.", **kw)
+    msg = str(err.value)
+    assert msg.startswith("decay must be") and f"got {value!r}" in msg and "default is 0.1" in msg
+
+
+@pytest.mark.parametrize("value", ["0.1", None, True, [0.1]])
+def test_in_range_refuses_non_numbers(value):
+    with pytest.raises(TypeError, match="momentum must be a number"):
+        check_in_range(value, "momentum", 0.0, 1.0)
+
+
+@pytest.mark.parametrize("value", [0, -1e-3, float("inf"), float("nan")])
+def test_positive_refuses(value):
+    with pytest.raises(ValueError, match="lr must be a finite number > 0") as err:
+        check_positive(value, "lr", "Try 0.1.")
+    assert f"got {value!r}" in str(err.value) and "Try 0.1." in str(err.value)
+
+
+def test_positive_int_ends_with_the_hint():
+    with pytest.raises(ValueError, match=r"patience must be an integer >= 1, got 0\. Use 20\."):
+        check_positive_int(0, "patience", "Use 20.")
+
+
+@pytest.mark.parametrize("betas, match", [((0.9,), "two moment decays"), (0.9, "two moment decays"),
+                                          ((1.0, 0.999), r"betas\[0\]"), ((0.9, -0.1), r"betas\[1\]")])
+def test_betas(betas, match):
+    with pytest.raises((ValueError, TypeError), match=match) as err:
+        check_betas(betas)
+    assert repr(betas) in str(err.value) or repr(betas[-1]) in str(err.value)
+    assert check_betas((0.0, 0.5)) == (0.0, 0.5)
+
+
+def test_out_of_range_label_message_names_value_and_class_count():
+    message = r"y must lie in \[0, 9\] \(the model has 10 classes\), got 12 "
+    with pytest.raises(ValueError, match=message) as err:
+        check_labels(torch.tensor([3, 12, 0]), 3, num_classes=10)
+    assert "[0, 12]" in str(err.value)
+    with pytest.raises(ValueError, match=r"got -1"):
+        check_labels(torch.tensor([-1, 2]), 2, num_classes=3)
+
+
+def test_count_classes_leaves_modes_buffers_and_rng_alone():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(36, 8), nn.BatchNorm1d(8), nn.Dropout(0.5),
+                        nn.Linear(8, 5))
+    net.train()
+    net[2].eval()  # a mixed state must come back as it was
+    modes = [m.training for m in net.modules()]
+    buffers = {k: v.clone() for k, v in net.named_buffers()}
+    x = torch.rand(4, 1, 6, 6)
+    rng = torch.get_rng_state()
+    # One image in training mode would make BatchNorm1d fail; the probe runs in eval mode.
+    assert count_classes(net, x) == 5
+    assert [m.training for m in net.modules()] == modes
+    assert all(torch.equal(v, buffers[k]) for k, v in net.named_buffers())
+    assert torch.equal(torch.get_rng_state(), rng)
+    noisy = lambda v: v.flatten(1)[:, :7] + torch.randn(len(v), 7)  # noqa: E731 - a random model
+    assert count_classes(noisy, x) == 7
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert count_classes(lambda v: v, torch.rand(2, 1, 6, 6)) is None  # not (1, K) logits
+
+
+def test_count_classes_of_a_projection_defense_runs_no_projection(tiny_generator, tiny_net):
+    from rmd_lib.attacks import BPDA
+    inc = InvertAndClassify(tiny_generator, tiny_net, seed=0, steps=3, restarts=2)
+    state = inc._rng.get_state()
+    assert count_classes(inc, torch.rand(2, 1, 6, 6)) == 3
+    assert count_classes(BPDA(inc), torch.rand(2, 1, 6, 6)) == 3
+    assert inc.last is None and torch.equal(inc._rng.get_state(), state)
+
+
+def _attack_calls():
+    from rmd_lib.attacks import BPDA, cw_l2, jacobian_augment, latent_space_attack
+    return {
+        "fgsm": lambda net, inc, x, y: fgsm(net, x, y, 0.1),
+        "bim": lambda net, inc, x, y: bim(net, x, y, 0.1, steps=2),
+        "pgd l2": lambda net, inc, x, y: pgd(net, x, y, 0.5, norm="l2", steps=2),
+        "cw_l2": lambda net, inc, x, y: cw_l2(net, x, y, steps=2, binary_steps=1),
+        "latent": lambda net, inc, x, y: latent_space_attack(inc, x, y, 0.5, steps=2),
+        "pgd on BPDA": lambda net, inc, x, y: pgd(BPDA(inc), x, y, 0.1, steps=2),
+        "pgd on tangent BPDA": lambda net, inc, x, y: pgd(BPDA(inc, backward="tangent"), x, y, 0.1,
+                                                          steps=2),
+        "jacobian_augment": lambda net, inc, x, y: jacobian_augment(net, x, y, 0.1),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_attack_calls()))
+def test_every_attack_names_a_label_without_a_class(name, tiny_generator, tiny_net, tiny_batch):
+    x, y = tiny_batch  # the tiny net has 3 classes
+    inc = InvertAndClassify(tiny_generator, tiny_net, seed=0, steps=3, restarts=1)
+    y = y.clone()
+    y[2] = 12
+    which = "labels" if name == "jacobian_augment" else "y"
+    message = rf"{which} must lie in \[0, 2\] \(the model has 3 classes\), got 12 "
+    with pytest.raises(ValueError, match=message):
+        _attack_calls()[name](tiny_net, inc, x, y)

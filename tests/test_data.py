@@ -254,3 +254,57 @@ def test_fetch_of_a_missing_url(tmp_path):
 def test_default_data_dir_honours_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("RMD_DATA_DIR", str(tmp_path))
     assert data.default_data_dir() == tmp_path
+
+
+def _local_copy(raw: Path, seed: int = 2) -> None:
+    rng = np.random.default_rng(seed)
+    for prefix, n in {"train": 4, "t10k": 2}.items():
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n))
+
+
+@pytest.mark.parametrize("corrupt, problem", [
+    (lambda b: b"", "magic number is missing"),
+    (lambda b: b[:100], "announces 4 x 28 x 28 = 3136 bytes of data but it holds 84"),
+    (lambda b: b"<html><body>404 Not Found</body></html>", "magic number is 0x3c68746d"),
+    (lambda b: b[:2] + b"\x09" + b[3:], "magic number is 0x00000903"),  # int8, not unsigned bytes
+    (lambda b: b[:4] + (4).to_bytes(4, "big") + b[8:] + b"\x00", "holds 3137"),  # one byte too many
+])
+def test_corrupt_idx_file_in_the_local_copy_is_named(tmp_path, corrupt, problem):
+    # torchvision's reader fails on these with "invalid literal for int() with base 16",
+    # a bare AssertionError, or silently drops the local copy for another source.
+    raw = tmp_path / "MNIST" / "raw"
+    _local_copy(raw)
+    bad = raw / "train-images-idx3-ubyte"
+    bad.write_bytes(corrupt(bad.read_bytes()))
+    with pytest.raises(DataUnavailableError, match="is not a valid IDX file") as err:
+        load_dataset("mnist", tmp_path, download=True, verbose=False)
+    msg = str(err.value)
+    assert str(bad) in msg and problem in msg and "delete it and download it again" in msg
+    assert "SHA-256" in msg
+
+
+def test_local_copy_with_other_images_or_unmatched_labels_is_named(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    _local_copy(raw)
+    write_idx(raw / "t10k-images-idx3-ubyte", np.zeros((2, 32, 32)))
+    with pytest.raises(DataUnavailableError,
+                       match=r"t10k-images-idx3-ubyte holds 32x32 images, not MNIST's 28x28"):
+        load_dataset("fashion_mnist", tmp_path, download=False, verbose=False)
+    _local_copy(raw)
+    write_idx(raw / "train-labels-idx1-ubyte", np.zeros(5))
+    with pytest.raises(DataUnavailableError, match="has 4 train images but 5 train labels") as err:
+        load_dataset("fashion_mnist", tmp_path, download=False, verbose=False)
+    assert str(raw) in str(err.value) and "download them again" in str(err.value)
+
+
+def test_read_idx_names_a_truncated_file(tmp_path):
+    path = write_idx(tmp_path / "lab.gz", np.arange(10))
+    with gzip.open(path, "rb") as fh:
+        raw = fh.read()
+    with gzip.open(path, "wb") as fh:
+        fh.write(raw[:-3])
+    message = "announces 10 = 10 bytes of data but it holds 7"
+    with pytest.raises(DataUnavailableError, match=message) as err:
+        data._read_idx(path)
+    assert str(path) in str(err.value)

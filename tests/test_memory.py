@@ -38,3 +38,18 @@ def test_rows_per_chunk_and_its_error():
     assert rows_per_chunk(1000, 1000, "f") == 1
     with pytest.raises(ValueError, match=r"deep_image_prior: one row needs about 2 MiB but the memory budget is 1 MiB"):
         rows_per_chunk(2 * 2**20, 2**20, "deep_image_prior")
+
+
+def test_saved_bytes_through_functorch_transforms(tiny_generator, tiny_net):
+    # The tangent BPDA differentiates G with vmap(jacfwd(...)); tensors saved inside such
+    # transforms have no plain storage, and the count must not fail on them.
+    from torch.func import jacfwd, vmap
+
+    z = torch.randn(3, tiny_generator.latent_dim, requires_grad=True)
+    assert saved_bytes(lambda: vmap(jacfwd(lambda zi: tiny_generator(zi[None]).flatten()))(z)) > 0
+    from rmd_lib.attacks import BPDA, pgd
+    from rmd_lib.projection import InvertAndClassify
+    inc = InvertAndClassify(tiny_generator, tiny_net, seed=0, steps=3, restarts=1)
+    x = torch.rand(2, 1, 6, 6)
+    out = pgd(BPDA(inc, backward="tangent"), x, torch.tensor([0, 1]), 0.1, steps=1)
+    assert out.shape == x.shape

@@ -94,3 +94,14 @@ def test_same_seed_same_pairs_and_bad_input():
         minmax_pairs(G, C, 0.5, z1=torch.zeros(4, 7))
     with pytest.raises(ValueError, match="eps"):
         minmax_pairs(G, C, -1.0)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(lr=0.0), r"lr must be a finite number > 0, got 0\.0\. .*no pair moves"),
+    (dict(lr=-0.05), r"lr must be a finite number > 0, got -0\.05\."),
+    (dict(lam_rate=0.0), r"lam_rate must be a finite number > 0, got 0\.0\. .*never enforced"),
+    (dict(lam_rate=float("nan")), r"lam_rate must be a finite number > 0, got nan\."),
+])
+def test_zero_step_or_multiplier_rate_is_refused(kw, message):
+    with pytest.raises(ValueError, match=message):
+        minmax_pairs(Affine(), linear_classifier(), 0.5, n=4, steps=5, **kw)

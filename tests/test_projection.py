@@ -179,3 +179,63 @@ def test_invert_and_classify_on_the_range_keeps_the_prediction(tiny_generator, t
     inc = InvertAndClassify(tiny_generator, tiny_net, steps=200, restarts=R, **EXHAUSTIVE)
     with torch.no_grad():
         assert torch.equal(inc(x).argmax(1), tiny_net(x).argmax(1))
+
+
+# Every numeric option out of its range, and the start of the message: the option, its
+# range and the value it got.
+BAD_OPTIONS = [
+    ("patience", 0, r"patience must be an integer >= 1, got 0\."),
+    ("patience", 2.5, r"patience must be an integer >= 1, got 2\.5\."),
+    ("decay", 0.0, r"decay must be a finite number in \(0, 1\], got 0\.0\."),
+    ("decay", 1.5, r"decay must be a finite number in \(0, 1\], got 1\.5\."),
+    ("decay_at", 0.0, r"decay_at must be a finite number in \(0, 1\], got 0\.0\."),
+    ("decay_at", 1.2, r"decay_at must be a finite number in \(0, 1\], got 1\.2\."),
+    ("momentum", 1.0, r"momentum must be a finite number in \[0, 1\), got 1\.0\."),
+    ("momentum", -0.1, r"momentum must be a finite number in \[0, 1\), got -0\.1\."),
+    ("betas", (1.0, 0.999), r"betas\[0\] must be a finite number in \[0, 1\), got 1\.0\."),
+    ("betas", (0.9, -0.5), r"betas\[1\] must be a finite number in \[0, 1\), got -0\.5\."),
+    ("betas", (0.9,), r"betas must be Adam's two moment decays \(beta1, beta2\), got \(0\.9,\)"),
+    ("tol", -1e-3, r"tol must be a finite number >= 0, got -0\.001\."),
+    ("tol", float("nan"), r"tol must be a finite number >= 0, got nan\."),
+    ("lr", 0.0, r"lr must be a finite number > 0, got 0\.0\."),
+    ("lr", float("inf"), r"lr must be a finite number > 0, got inf\."),
+]
+
+
+@pytest.mark.parametrize("key, value, message", BAD_OPTIONS)
+def test_project_refuses_options_out_of_range(tiny_generator, target, key, value, message):
+    x, _ = target
+    with pytest.raises(ValueError, match=message) as err:
+        project(tiny_generator, x, steps=5, restarts=2, **{key: value})
+    assert "default" in str(err.value)  # and says what to use instead
+
+
+@pytest.mark.parametrize("key, value, message", BAD_OPTIONS)
+def test_invert_and_classify_refuses_options_out_of_range_when_built(tiny_generator, tiny_net, key,
+                                                                     value, message):
+    with pytest.raises(ValueError, match=message):
+        InvertAndClassify(tiny_generator, tiny_net, steps=5, **{key: value})
+
+
+def test_patience_zero_is_refused_with_the_reason(tiny_generator, target):
+    # It used to stop every image after its first step.
+    with pytest.raises(ValueError, match="patience must be an integer >= 1, got 0") as err:
+        project(tiny_generator, target[0], steps=50, restarts=2, patience=0)
+    assert "one step" in str(err.value) and "default is 20" in str(err.value)
+
+
+def test_the_ends_of_each_range_that_are_allowed_still_run(tiny_generator, target):
+    x, _ = target
+    ends = dict(patience=1, decay=1.0, decay_at=1.0, momentum=0.0, betas=(0.0, 0.0), tol=0.0)
+    p = project(tiny_generator, x, steps=5, restarts=2, optimizer="sgd", lr=1.0, **ends)
+    assert p.z.shape == (N, D)
+    InvertAndClassify(tiny_generator, None, **ends)
+
+
+def test_invert_and_classify_refuses_unknown_options_when_built(tiny_generator, tiny_net):
+    with pytest.raises(TypeError, match=r"unknown projection option\(s\) \['restart', 'step'\]") as err:
+        InvertAndClassify(tiny_generator, tiny_net, step=10, restart=2)
+    msg = str(err.value)
+    assert "steps" in msg and "restarts" in msg and "patience" in msg  # the accepted names
+    with pytest.raises(TypeError, match=r"\['generator'\]"):  # the module owns its random stream
+        InvertAndClassify(tiny_generator, tiny_net, generator=torch.Generator())

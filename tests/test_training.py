@@ -192,3 +192,97 @@ def test_pickled_code_is_refused(tmp_path):
     with pytest.raises(ValueError, match="weights_only=True"):
         load_checkpoint(nn.Linear(2, 2), bad)
     assert not marker.exists()
+
+
+def test_garbage_safetensors_checkpoint_names_the_file_and_the_format(tmp_path):
+    for name, content in [("junk.safetensors", b"not a checkpoint at all" * 4),
+                          ("empty.safetensors", b"")]:
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=r"is not a valid safetensors file") as err:
+            load_checkpoint(nn.Linear(2, 2), path)
+        msg = str(err.value)
+        assert str(path) in msg and "save_checkpoint" in msg and "delete it" in msg
+    # A torch.save file under the .safetensors name says which suffix it needs.
+    pt = tmp_path / "saved_with_torch.safetensors"
+    torch.save(nn.Linear(2, 2).state_dict(), pt)
+    with pytest.raises(ValueError, match=r"suffix \.pt"):
+        load_checkpoint(nn.Linear(2, 2), pt)
+
+
+def test_train_classifier_names_a_label_without_a_class():
+    x, y = torch.rand(8, 1, 6, 6), torch.tensor([0, 1, 2, 0, 12, 1, 2, 0])
+    net = nn.Sequential(nn.Flatten(), nn.Linear(36, 3))
+    message = r"y must lie in \[0, 2\] \(the model has 3 classes\), got 12 "
+    with pytest.raises(ValueError, match=message):
+        train_classifier(net, x, y, epochs=1, progress=False)
+
+
+# ----------------------------------------------------------------------------------------
+# Seeded initialisation without moving the caller's random state
+# ----------------------------------------------------------------------------------------
+import random  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from rmd_lib.training import seeded  # noqa: E402
+
+
+def rng_states():
+    return torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+
+
+def same_states(a, b) -> bool:
+    return torch.equal(a[0], b[0]) and a[1] == b[1] and np.array_equal(a[2], b[2])
+
+
+def test_seeded_is_set_seed_inside_and_the_callers_state_after():
+    set_seed(11)
+    before = rng_states()
+    with seeded(3):
+        inside = (torch.rand(3), random.random(), np.random.rand())
+    assert same_states(rng_states(), before)
+    set_seed(3)
+    assert torch.equal(inside[0], torch.rand(3))
+    assert inside[1:] == (random.random(), np.random.rand())
+
+
+@pytest.mark.parametrize("kind", ["classifier", "vae"])
+def test_pretrained_or_train_keeps_the_callers_rng_and_the_weights(kind, tiny_mnist, tiny_profile,
+                                                                   tmp_path):
+    kw = dict(seed=0, device="cpu", cache_dir=tmp_path, progress=False, verbose=False)
+    set_seed(42)
+    before = rng_states()
+    trained = pretrained_or_train(kind, tiny_mnist, tiny_profile, **kw)
+    assert trained.provenance.startswith("trained now")
+    assert same_states(rng_states(), before)
+    cached = pretrained_or_train(kind, tiny_mnist, tiny_profile, **kw)
+    assert cached.provenance.startswith("cache")
+    assert same_states(rng_states(), before)
+    # The weights are those of the old recipe: set_seed(seed), build, train.
+    from rmd_lib.models import VAE
+    set_seed(0)
+    if kind == "classifier":
+        ref = MnistClassifier()
+        train_classifier(ref, tiny_mnist.x_train, tiny_mnist.y_train,
+                         epochs=tiny_profile.classifier_epochs, batch_size=tiny_profile.batch_size,
+                         lr=1e-3, seed=0, progress=False)
+    else:
+        ref = VAE(latent_dim=20, hidden=500)
+        train_vae(ref, tiny_mnist.x_train, epochs=tiny_profile.vae_epochs, batch_size=100, lr=1e-3,
+                  seed=0, progress=False)
+    assert same_weights(trained, ref) and same_weights(cached, ref)
+
+
+def test_toy_classifier_keeps_the_callers_rng():
+    from rmd_lib.course import toy_classifier, toy_images
+    x, y = toy_images(30, seed=1)
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    net = toy_classifier(x, y, steps=3, seed=2)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(_first_weight(net), _first_weight(toy_classifier(x, y, steps=3, seed=2)))
+
+
+def _first_weight(net):
+    return next(net.parameters()).detach()

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.func import jacfwd, vmap
 
-from ..checks import check_positive_int
+from ..checks import check_in_range, check_positive_int
 from ..projection import InvertAndClassify
 
 __all__ = ["BPDA", "generator_jacobian", "BACKWARDS"]
@@ -43,8 +43,13 @@ BACKWARDS = ("identity", "tangent")
 
 
 def generator_jacobian(G: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """dG/dz at each row of z (B, d), batched with forward-mode autodiff: (B, pixels, d)."""
-    return vmap(jacfwd(lambda zi: G(zi.unsqueeze(0)).flatten()))(z.detach())
+    """dG/dz at each row of z (B, d), batched with forward-mode autodiff: (B, pixels, d).
+
+    A constant: no autograd graph through G's weights is recorded (forward-mode autodiff
+    does not need one), so it holds no memory for a backward pass and gives G no ``.grad``.
+    """
+    with torch.no_grad():
+        return vmap(jacfwd(lambda zi: G(zi.unsqueeze(0)).flatten()))(z.detach())
 
 
 class BPDA(nn.Module):
@@ -66,6 +71,10 @@ class BPDA(nn.Module):
             raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}.")
         self.inc = inc
         self.samples = check_positive_int(samples, "samples")
+        check_in_range(damping, "damping", 0.0, math.inf,
+                       hint="It is the Levenberg-Marquardt damping of the tangent backward pass, "
+                            "a share of J^T J's mean eigenvalue: 0 is the undamped projector, "
+                            "the default is 1e-3.")
         self.backward, self.damping = backward, float(damping)
 
     def _tangent(self, xs: torch.Tensor, z: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:

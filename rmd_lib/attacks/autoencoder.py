@@ -14,7 +14,7 @@ from torch import nn
 
 from ..checks import check_images, check_positive_int, model_device
 from ..models import Encoder
-from ..training import _fit
+from ..training import _fit, seeded
 
 __all__ = ["train_encoder", "EncoderSubstitute"]
 
@@ -37,9 +37,11 @@ def train_encoder(G: nn.Module, x: torch.Tensor, z_star: torch.Tensor, *, epochs
                          f"got {tuple(z_star.shape)}; pass project(G, x).z.")
     device = model_device(G) or x.device
     if encoder is None:
-        torch.manual_seed(seed)
-        encoder = Encoder(z_star.shape[1], x.shape[1], x.shape[-1])
+        with seeded(seed):  # seeded weights, and the caller's random state left as it was
+            encoder = Encoder(z_star.shape[1], x.shape[1], x.shape[-1])
     encoder = encoder.to(device)
+    # G is frozen while E trains, then gets back each parameter's own flag (some may be frozen).
+    trainable = [p.requires_grad for p in G.parameters()]
     for p in G.parameters():
         p.requires_grad_(False)
     with torch.no_grad():
@@ -55,8 +57,8 @@ def train_encoder(G: nn.Module, x: torch.Tensor, z_star: torch.Tensor, *, epochs
         _fit(encoder, len(x), batch_loss, epochs=epochs, batch_size=batch_size, lr=lr,
              seed=seed, desc="encoder", progress=progress)
     finally:
-        for p in G.parameters():
-            p.requires_grad_(True)
+        for p, flag in zip(G.parameters(), trainable):
+            p.requires_grad_(flag)
     return encoder
 
 

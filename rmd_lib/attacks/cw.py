@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from ..checks import check_eps, check_positive_int
+from ..checks import check_eps, check_positive, check_positive_int
 from .first_order import _check, project_ball
 
 __all__ = ["cw_l2"]
@@ -42,6 +42,9 @@ def cw_l2(model, x: torch.Tensor, y: torch.Tensor, eps: float = math.inf, *, nor
     steps = check_positive_int(steps, "steps")
     binary_steps = check_positive_int(binary_steps, "binary_steps")
     kappa = check_eps(kappa, "kappa")
+    check_positive(c_init, "c_init", "It weighs the attack loss against the distance; with 0 "
+                   "the optimum is x itself and no image moves. The default is 1.0.")
+    check_positive(lr, "lr", "It is Adam's step size on w; the default is 0.05.")
     n = x.shape[0]
     c = torch.full((n,), float(c_init), device=x.device)
     lo = torch.zeros(n, device=x.device)
@@ -60,8 +63,8 @@ def cw_l2(model, x: torch.Tensor, y: torch.Tensor, eps: float = math.inf, *, nor
                 logits = model(x_adv)
                 margin = _margin(logits, y, kappa)
                 loss = (l2 + c * margin).sum()
-            opt.zero_grad()
-            loss.backward()
+                # The gradient of w alone: the model's weights get no .grad (and none is computed).
+                w.grad, = torch.autograd.grad(loss, w)
             opt.step()
             with torch.no_grad():
                 # Adversarial with the required confidence: the margin is at its floor -kappa.

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..checks import check_eps, check_images, check_labels, check_positive_int
+from ..checks import check_eps, check_images, check_labels, check_positive_int, count_classes
 from ..memory import budget_bytes, rows_per_chunk, saved_bytes
 from ..randomness import as_indices, chunked, per_image, randomised
 
@@ -26,7 +26,10 @@ def _check(model, x, y, eps, norm):
     y = check_labels(y, x.shape[0], "y")
     if y.device != x.device:
         raise ValueError(f"y is on {y.device} but x is on {x.device}; move y with y.to(x.device).")
-    return y, check_eps(eps)
+    eps = check_eps(eps)
+    # A label the model has no logit for would fail deep inside cross-entropy or gather.
+    check_labels(y, x.shape[0], "y", num_classes=count_classes(model, x))
+    return y, eps
 
 
 def input_gradient(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from ..checks import check_eps, check_positive_int
+from ..checks import check_eps, check_positive, check_positive_int
 from ..projection import InvertAndClassify
 from .cw import _margin
 from .first_order import _check, project_ball
@@ -51,6 +51,9 @@ def latent_space_attack(inc: InvertAndClassify, x: torch.Tensor, y: torch.Tensor
     y, eps = _check(inc.classifier, x, y, eps, norm)
     steps = check_positive_int(steps, "steps")
     kappa = check_eps(kappa, "kappa")
+    check_positive(lr, "lr", "It is Adam's step size on z; the default is 0.05.")
+    check_positive(lam_rate, "lam_rate", "It is the dual-ascent step of the multiplier that holds "
+                   "the move within eps; with 0 the budget is never enforced. The default is 1.0.")
     G, clf = inc.G, inc.classifier
     if z0 is None:
         z0 = inc.project(x).z
@@ -69,8 +72,8 @@ def latent_space_attack(inc: InvertAndClassify, x: torch.Tensor, y: torch.Tensor
             v = _violation(x_g - anchor, eps, norm)
             margin = _margin(clf(x_g), y, kappa)
             loss = (margin + lam * v).sum()
-        opt.zero_grad()
-        loss.backward()
+            # The gradient of z alone: G's and the classifier's weights get no .grad.
+            z.grad, = torch.autograd.grad(loss, z)
         with torch.no_grad():
             # Score this iterate (before the step moves z): feasible and lower margin wins.
             better = (v <= 1e-6 * max(eps, 1e-12)) & (margin < best_margin)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..checks import check_eps, check_positive_int, model_device
+from ..checks import check_eps, check_positive, check_positive_int, model_device
 from ..memory import budget_bytes, rows_per_chunk, saved_bytes
 from ..projection import _latent_dim, _sample_prior
 from ..randomness import as_indices, per_image
@@ -105,6 +105,10 @@ def minmax_pairs(G: nn.Module, C: nn.Module, eps: float, n: int = 256, *, steps:
     """
     eps = check_eps(eps)
     steps = check_positive_int(steps, "steps")
+    check_positive(lr, "lr", "It is Adam's step size on the latents; with 0 no pair moves. "
+                   "The default is 0.05.")
+    check_positive(lam_rate, "lam_rate", "It is the dual-ascent step of the multiplier that holds "
+                   "each pair within eps; with 0 the budget is never enforced. The default is 1.0.")
     if kind not in DIVERGENCES:
         raise ValueError(f"kind must be one of {DIVERGENCES}, got {kind!r}.")
     d = _latent_dim(G)

@@ -10,16 +10,17 @@ then sent to the defense.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..checks import check_eps, check_images, check_positive_int
+from ..checks import check_eps, check_images, check_labels, check_positive_int, count_classes
 from ..evaluation import predict
 from ..models import SubstituteNet
-from ..training import train_classifier
+from ..training import seeded, train_classifier
 
 __all__ = ["Substitute", "jacobian_augment", "train_substitute"]
 
@@ -42,6 +43,7 @@ def jacobian_augment(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, lam:
     x: (N, C, H, W) in [0, 1]; labels: (N,) the oracle's labels; lam may be negative (the
     periodic sign flip). Returns (N, C, H, W), clipped to [0, 1].
     """
+    check_labels(labels, x.shape[0], "labels", num_classes=count_classes(net, x))
     x_req = x.detach().requires_grad_(True)
     with torch.enable_grad():
         picked = net(x_req).gather(1, labels.view(-1, 1)).sum()
@@ -49,8 +51,16 @@ def jacobian_augment(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, lam:
     return (x + lam * grad.sign()).clamp(0.0, 1.0).detach()
 
 
-def _oracle_labels(oracle, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return predict(oracle, x, batch_size).argmax(dim=1)
+def _oracle_labels(oracle, x: torch.Tensor, batch_size: int, num_classes) -> torch.Tensor:
+    logits = predict(oracle, x, batch_size)
+    y = logits.argmax(dim=1)
+    if num_classes is not None and int(y.max()) >= num_classes:
+        raise ValueError(
+            f"The oracle labelled an image {int(y.max())} (it scores {logits.shape[1]} classes) "
+            f"but the substitute has only {num_classes} classes; pass num_classes="
+            f"{logits.shape[1]} (or a net with {logits.shape[1]} outputs)."
+        )
+    return y
 
 
 def train_substitute(oracle, x_seed: torch.Tensor, *, rounds: int = 4, lam: float = 0.1,
@@ -78,38 +88,43 @@ def train_substitute(oracle, x_seed: torch.Tensor, *, rounds: int = 4, lam: floa
         raise ValueError(f"query_budget ({query_budget}) is smaller than the {len(x_seed)} seed "
                          "images, which must all be labelled; raise it or pass fewer seeds.")
     device = x_seed.device
-    if net is None:
-        torch.manual_seed(seed)
-        net = SubstituteNet(num_classes, x_seed.shape[1], x_seed.shape[-1])
-    net = net.to(device)
-    x = x_seed.detach()
-    if x_extra is not None:
-        check_images(x_extra, "x_extra")
-        if x_extra.shape[1:] != x_seed.shape[1:]:
-            raise ValueError(f"x_extra has images of shape {tuple(x_extra.shape[1:])}, the seeds "
-                             f"{tuple(x_seed.shape[1:])}; both must be images of the oracle's kind.")
-        x = torch.cat([x, x_extra.to(device).detach()])
-    if query_budget is not None:
-        x = x[:query_budget]
-    y = _oracle_labels(oracle, x, query_batch)
-    queries, sizes = len(x), []
-    gen = torch.Generator().manual_seed(seed)
-    for rho in tqdm(range(rounds), desc="substitute", disable=not progress):
-        train_classifier(net, x, y, epochs=epochs, batch_size=batch_size, seed=seed + rho,
-                         progress=False)
-        sizes.append(len(x))
-        if rho == rounds - 1:
-            break
-        room = None if query_budget is None else query_budget - queries
-        if room is not None and room <= 0:
-            break
-        # lambda_rho = lambda * (-1)^floor(rho / tau): Papernot et al.'s periodic step size.
-        step = lam * (-1) ** (rho // tau)
-        x_new = jacobian_augment(net, x, y, step)
-        if room is not None and room < len(x_new):
-            x_new = x_new[torch.randperm(len(x_new), generator=gen)[:room].to(device)]
-        y_new = _oracle_labels(oracle, x_new, query_batch)
-        queries += len(x_new)
-        x, y = torch.cat([x, x_new]), torch.cat([y, y_new])
-    net.eval()
+    with contextlib.ExitStack() as rng:
+        if net is None:
+            # Seeded weights, and the whole run on the seeded global stream as before (a
+            # randomised oracle may draw from it); the caller's random state comes back after.
+            rng.enter_context(seeded(seed))
+            net = SubstituteNet(num_classes, x_seed.shape[1], x_seed.shape[-1])
+        net = net.to(device)
+        x = x_seed.detach()
+        if x_extra is not None:
+            check_images(x_extra, "x_extra")
+            if x_extra.shape[1:] != x_seed.shape[1:]:
+                raise ValueError(f"x_extra has images of shape {tuple(x_extra.shape[1:])}, the "
+                                 f"seeds {tuple(x_seed.shape[1:])}; both must be images of the "
+                                 "oracle's kind.")
+            x = torch.cat([x, x_extra.to(device).detach()])
+        if query_budget is not None:
+            x = x[:query_budget]
+        classes = count_classes(net, x)
+        y = _oracle_labels(oracle, x, query_batch, classes)
+        queries, sizes = len(x), []
+        gen = torch.Generator().manual_seed(seed)
+        for rho in tqdm(range(rounds), desc="substitute", disable=not progress):
+            train_classifier(net, x, y, epochs=epochs, batch_size=batch_size, seed=seed + rho,
+                             progress=False)
+            sizes.append(len(x))
+            if rho == rounds - 1:
+                break
+            room = None if query_budget is None else query_budget - queries
+            if room is not None and room <= 0:
+                break
+            # lambda_rho = lambda * (-1)^floor(rho / tau): Papernot et al.'s periodic step size.
+            step = lam * (-1) ** (rho // tau)
+            x_new = jacobian_augment(net, x, y, step)
+            if room is not None and room < len(x_new):
+                x_new = x_new[torch.randperm(len(x_new), generator=gen)[:room].to(device)]
+            y_new = _oracle_labels(oracle, x_new, query_batch, classes)
+            queries += len(x_new)
+            x, y = torch.cat([x, x_new]), torch.cat([y, y_new])
+        net.eval()
     return Substitute(net, x, y, queries, sizes)

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from ..checks import check_images, check_positive_int
+from ..checks import check_betas, check_images, check_positive, check_positive_int
 from ..projection import _latent_dim, _sample_prior
 from ..randomness import Draws, as_indices, per_image
 
@@ -32,6 +32,8 @@ def unrolled_project(G: nn.Module, x: torch.Tensor, steps: int, restarts: int = 
     """
     steps = check_positive_int(steps, "steps")
     restarts = check_positive_int(restarts, "restarts")
+    check_positive(lr, "lr", "It is Adam's step size in latent space; the default is 0.1.")
+    check_betas(betas)
     check_images(x, "x")
     n, d = x.shape[0], _latent_dim(G)
     z = per_image(lambda g: _sample_prior(G, restarts, g), seed, as_indices(indices, n))
