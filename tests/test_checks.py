@@ -306,10 +306,19 @@ def test_count_classes_leaves_modes_buffers_and_rng_alone():
 def test_count_classes_of_a_projection_defense_runs_no_projection(tiny_generator, tiny_net):
     from rmd_lib.attacks import BPDA
     inc = InvertAndClassify(tiny_generator, tiny_net, seed=0, steps=3, restarts=2)
-    state = inc._rng.get_state()
     assert count_classes(inc, torch.rand(2, 1, 6, 6)) == 3
     assert count_classes(BPDA(inc), torch.rand(2, 1, 6, 6)) == 3
-    assert inc.last is None and torch.equal(inc._rng.get_state(), state)
+    assert inc.last is None and (inc.draws.offset, inc.draws.call) == (0, 0)
+
+
+def test_count_classes_of_the_dip_defense_fits_nothing():
+    from torch import nn
+    from rmd_lib.dip import DIPBPDA, DIPDefense
+    clf = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 5))
+    defense = DIPDefense(clf, 1000, width=8, depth=2, skip=2, noise_channels=4)
+    x = torch.rand(2, 3, 16, 16)
+    assert count_classes(defense, x) == 5 and count_classes(DIPBPDA(defense), x) == 5
+    assert defense.draws.call == 0  # no fit ran (1,000 steps would show in the time, too)
 
 
 def _attack_calls():

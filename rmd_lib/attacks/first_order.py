@@ -19,7 +19,10 @@ __all__ = ["fgsm", "bim", "pgd", "project_ball", "ball_sample", "input_gradient"
 NORMS = ("linf", "l2")
 
 
-def _check(model, x, y, eps, norm):
+def _check(model, x, y, eps, norm, probe_classes: bool = True):
+    """Check an attack's common arguments; ``probe_classes=False`` skips the one-image
+    forward pass that checks the labels against the model's classes (for an attack that
+    counts its queries and checks them on its own first query)."""
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
     check_images(x, "x", device=model if isinstance(model, nn.Module) else None)
@@ -28,7 +31,8 @@ def _check(model, x, y, eps, norm):
         raise ValueError(f"y is on {y.device} but x is on {x.device}; move y with y.to(x.device).")
     eps = check_eps(eps)
     # A label the model has no logit for would fail deep inside cross-entropy or gather.
-    check_labels(y, x.shape[0], "y", num_classes=count_classes(model, x))
+    if probe_classes:
+        check_labels(y, x.shape[0], "y", num_classes=count_classes(model, x))
     return y, eps
 
 

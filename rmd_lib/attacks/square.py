@@ -179,7 +179,7 @@ def square_attack_with_stats(model, x: torch.Tensor, y: torch.Tensor, eps: float
     all of them, {0, ..., h - s} as in the paper; and an image stops at a margin below 0,
     not at 0, so that a tie is not counted as fooled.
     """
-    y, eps = _check(model, x, y, eps, norm)
+    y, eps = _check(model, x, y, eps, norm, probe_classes=False)  # checked at the first query
     queries = check_positive_int(queries, "queries")
     if p_init is None:
         p_init = P_INIT[norm]
