@@ -146,6 +146,20 @@ def print_summary(profile: str, timings: dict) -> None:
     print(f"  {'total':<{width}}  {total:8.1f}{note}")
 
 
+def quiet_openmp(env) -> None:
+    """Let the kernels' OpenMP threads sleep when they wait, instead of spinning.
+
+    torch's CPU kernels use OpenMP, whose threads by default spin for a while at each
+    barrier. Beside another busy process on the same cores (a second notebook, a test run)
+    the spinning threads take the cores from the threads doing the work, and a chapter
+    slows several times over. A passive wait policy costs little alone. The thread count
+    is left as it is: the numbers a reduction gives may depend on it, and a chapter's
+    numbers must not depend on the load of the machine. A value already set wins.
+    """
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # GNU and LLVM OpenMP
+    env.setdefault("KMP_BLOCKTIME", "0")  # Intel OpenMP (MKL builds)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", required=True, help="smoke, standard, paper or auto")
@@ -170,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_kernel()
     # Progress bars help a reader running a notebook, not a page of the book.
     os.environ.setdefault("TQDM_DISABLE", "1")
+    quiet_openmp(os.environ)
 
     timings_path = out / "timings.json"
     timings = {"profile": args.profile, "python": sys.executable, "notebooks": {}}

@@ -246,3 +246,13 @@ def test_widget_state_is_dropped(tmp_path: Path):
     nbformat.write(nb, path)
     build_book.drop_widget_state(path)
     assert nbformat.read(path, as_version=4).metadata == {"kernelspec": kernel}
+
+
+def test_kernels_wait_passively_unless_told_otherwise():
+    env = {}
+    run_notebooks.quiet_openmp(env)
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    run_notebooks.quiet_openmp(env)
+    assert env["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert "OMP_NUM_THREADS" not in env  # the thread count, and so the numbers, stay put
