@@ -1,0 +1,49 @@
+"""95% Wilson intervals for the accuracies and shares the chapters show: table cells and
+error bars, added at display time to rows whose values are fractions of n items."""
+from __future__ import annotations
+
+import numpy as np
+
+from .evaluation import wilson_interval
+
+__all__ = ["interval_text", "with_intervals", "error_bars"]
+
+
+def interval_text(value: float, n: int, digits: int = 2) -> str:
+    """``value`` (a fraction of ``n`` items) with its 95% Wilson interval, as
+    ``"0.45 [0.38, 0.52]"``; ``"n/a"`` when n is 0 or the value is missing."""
+    if value is None or n == 0 or value != value:  # no item, or NaN: no share to report
+        return "n/a"
+    low, high = wilson_interval(value * n, int(n))
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def with_intervals(rows: list[dict], columns, n, digits: int = 2) -> list[dict]:
+    """Copies of ``rows`` in which each of ``columns`` reads "value [low, high]".
+
+    ``n`` is the number of items behind every value (an int), or the name of a column that
+    holds each row's own count. Other columns are left as they are.
+    """
+    out = []
+    for row in rows:
+        missing = [c for c in columns if c not in row]
+        if missing:
+            raise KeyError(f"rows have no column {missing[0]!r}; they have {list(row)}.")
+        if isinstance(n, str):
+            if n not in row:
+                raise KeyError(f"n names the column {n!r}, which the rows lack; "
+                               f"they have {list(row)}.")
+            count = int(row[n])
+        else:
+            count = int(n)
+        out.append({k: interval_text(v, count, digits) if k in columns else v
+                    for k, v in row.items()})
+    return out
+
+
+def error_bars(values, n: int) -> np.ndarray:
+    """Matplotlib's ``yerr`` for fractions ``values`` of ``n`` items each: the distances
+    (2, len(values)) from each value down and up to its 95% Wilson interval."""
+    values = np.asarray(values, dtype=float)
+    bounds = np.array([wilson_interval(v * n, int(n)) for v in values]).reshape(-1, 2)
+    return np.clip(np.stack([values - bounds[:, 0], bounds[:, 1] - values]), 0.0, None)
