@@ -51,8 +51,8 @@
 # \qquad \mathrm{KL}(p_1 \Vert p_2) = \sum_k p_1(k) \log \frac{p_1(k)}{p_2(k)} .
 # $$
 #
-# The attacker may pick both points, which is why the paper calls the attack
-# *overpowered*: it is not an attack on a given image but a search for places where the
+# The attacker may pick both points, which is what makes the attack *overpowered*: it
+# is not an attack on a given image but a search for places where the
 # classifier is fragile on the manifold itself.
 #
 # Why it matters for INC: the projection of an image that is already in the range is that
