@@ -39,10 +39,9 @@
 # run PGD through it, graded by tests.
 # ```
 #
-# The two previous chapters attacked INC the way the paper did
-# {cite:p}`ilyas2017robust`: through the classifier, through substitutes, and by
-# differentiating a few steps of the projection. About two months after the paper
-# (December 2017), {cite:t}`athalye2018obfuscated` (February 2018) showed that defenses
+# The two previous chapters attacked INC {cite:p}`ilyas2017robust` through the
+# classifier, through substitutes, and by differentiating a few steps of the projection.
+# About two months after the paper (December 2017), {cite:t}`athalye2018obfuscated` (February 2018) showed that defenses
 # which hide their gradient, as a long projection does, fall to attacks designed for
 # them. This chapter runs those attacks against INC and reports its robust accuracy as a
 # function of the budget $\varepsilon$, in $L_\infty$ and $L_2$:
@@ -279,8 +278,8 @@ glue("tangent_share", f"{along.median().item():.0%}", display=False)
 # Of the iterates whose move lies in the budget it keeps the one of least margin, and
 # returns $x + \Pi_\varepsilon\big(G(z) - G(z_0)\big)$, clipped to $[0, 1]$.
 #
-# This is the book's variant. The authors' attack on a projection defense returns $G(z)$
-# itself, which lies within the budget of $x$ only when the generator reproduces $x$
+# This is the book's variant. The plain latent-space attack returns $G(z)$ itself, which
+# lies within the budget of $x$ only when the generator reproduces $x$
 # closely. Our generator does not: on the images of the check below, $x$ lies a median
 # {glue:text}`residual_l2` from its projection in $L_2$ and {glue:text}`residual_linf`
 # in $L_\infty$, against the budgets in {glue:text}`eps_lists`. Carrying $x$'s residual
