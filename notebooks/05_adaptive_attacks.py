@@ -184,7 +184,8 @@ from rmd_lib.projection import InvertAndClassify
 
 def tangent_projector(G, z, damping=1e-3):
     """J (J^T J + mu I)^-1 J^T at one latent z (d,): a (pixels, pixels) matrix."""
-    J = torch.autograd.functional.jacobian(lambda v: G(v[None]).flatten(), z)
+    J = torch.autograd.functional.jacobian(lambda v: G(v[None]).flatten(), z,
+                                           vectorize=True)
     JtJ = J.T @ J
     mu = damping * JtJ.diagonal().mean()
     eye = torch.eye(len(z), dtype=z.dtype, device=z.device)
