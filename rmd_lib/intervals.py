@@ -2,6 +2,8 @@
 error bars, added at display time to rows whose values are fractions of n items."""
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from .evaluation import wilson_interval
@@ -22,7 +24,8 @@ def with_intervals(rows: list[dict], columns, n, digits: int = 2) -> list[dict]:
     """Copies of ``rows`` in which each of ``columns`` reads "value [low, high]".
 
     ``n`` is the number of items behind every value (an int), or the name of a column that
-    holds each row's own count. Other columns are left as they are.
+    holds each row's own count. Other columns, and cells that hold no number (a dash for
+    an attack that did not run), are left as they are.
     """
     out = []
     for row in rows:
@@ -36,9 +39,13 @@ def with_intervals(rows: list[dict], columns, n, digits: int = 2) -> list[dict]:
             count = int(row[n])
         else:
             count = int(n)
-        out.append({k: interval_text(v, count, digits) if k in columns else v
-                    for k, v in row.items()})
+        out.append({k: interval_text(v, count, digits) if k in columns and _number(v)
+                    else v for k, v in row.items()})
     return out
+
+
+def _number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def error_bars(values, n: int) -> np.ndarray:

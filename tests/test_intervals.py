@@ -22,6 +22,8 @@ def test_with_intervals_changes_only_the_named_columns():
     assert rows[0]["valid"] == 0.5  # the input rows are not modified
     per_row = with_intervals(rows, ["valid"], "n")
     assert per_row[1]["valid"] == interval_text(1.0, 4)
+    dashed = with_intervals([{"Square": "–", "valid": 0.5}], ["Square", "valid"], 10)
+    assert dashed == [{"Square": "–", "valid": "0.50 [0.24, 0.76]"}]
     with pytest.raises(KeyError, match="no column 'success'"):
         with_intervals(rows, ["success"], 10)
     with pytest.raises(KeyError, match="count"):
