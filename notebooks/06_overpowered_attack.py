@@ -81,7 +81,7 @@
 # *uncertain* first image, which makes the objective grow without making the two labels
 # any more different. The symmetric KL ($D_{\mathrm{sym}}$, `kind="sym_kl"`, the book's
 # default) treats the two images alike: a pair $\{z_1, z_2\}$ has no first element when
-# both move, and with it the search does not depend on which one is called $z_1$. It is
+# both move, and with it the objective does not depend on which one is called $z_1$. It is
 # zero exactly when $p_1 = p_2$ and has no entropy bonus. We therefore use $D_{\mathrm{sym}}$
 # for the pairs, and write $D$ for whichever divergence a search uses.
 #
