@@ -46,7 +46,7 @@
 # $\varepsilon$) and its two images get different labels; it then leaves the batch, so the
 # remaining steps are spent on the pairs still searching.
 
-# %%
+# %% tags=["remove-cell"]
 # On Colab, install the book's library first (locally, `make book` has installed it).
 import sys
 
@@ -87,6 +87,9 @@ setups = prepare(run, names, generator=generator, data_dir=data_dir, cache_dir=c
 EPS = list(P.minmax_eps)
 # the budget of the figures and checks below: the one adversarial training uses next chapter
 EPS_SHOW = P.at_eps if P.at_eps in EPS else EPS[-1]
+
+# %% tags=["remove-input"]
+run.banner()
 
 # %% [markdown]
 # ## How often a close, differently classified pair exists

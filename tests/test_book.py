@@ -124,3 +124,16 @@ def test_config_is_jupyter_book_1_without_execution():
     assert "sphinx_exercise" in cfg["sphinx"]["extra_extensions"]
     assert cfg["bibtex_bibfiles"] == ["references.bib"]
     assert (ROOT / "references.bib").exists()
+
+
+def test_install_cell_is_hidden_in_the_book_and_banner_shown(ipynb: Path):
+    nb = nbformat.read(ipynb, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    install = [c for c in code if "google.colab" in c.source]
+    assert len(install) == 1, f"{ipynb.name}: expected one Colab install cell"
+    assert "remove-cell" in install[0].metadata.get("tags", []), (
+        f"{ipynb.name}: tag the Colab install cell remove-cell (it stays in the notebook)")
+    banners = [c for c in code if re.search(r"^run\.banner\(", c.source, re.MULTILINE)]
+    assert len(banners) == 1, f"{ipynb.name}: expected one run.banner() call, near the top"
+    assert code.index(banners[0]) < len(code) // 2, f"{ipynb.name}: the banner comes too late"
+    assert "remove-input" in banners[0].metadata.get("tags", [])

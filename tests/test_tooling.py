@@ -256,3 +256,29 @@ def test_kernels_wait_passively_unless_told_otherwise():
     run_notebooks.quiet_openmp(env)
     assert env["OMP_WAIT_POLICY"] == "ACTIVE"
     assert "OMP_NUM_THREADS" not in env  # the thread count, and so the numbers, stay put
+
+
+def test_book_hides_injected_parameters_and_vendors_the_badge(tmp_path: Path):
+    import nbformat
+
+    badge = f"[![Open In Colab]({build_book.COLAB_BADGE})]({BADGE})"
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell(f"# T\n\n{badge}"),
+        nbformat.v4.new_code_cell("profile = 'auto'", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell('profile = "smoke"',
+                                  metadata={"tags": ["injected-parameters"]}),
+        nbformat.v4.new_code_cell("x = 1")])
+    path = tmp_path / "01_x.ipynb"
+    nbformat.write(nb, path)
+    build_book.adapt_cells(path)
+    cells = nbformat.read(path, as_version=4).cells
+    assert cells[2].metadata["tags"] == ["injected-parameters", "remove-cell"]
+    assert cells[2].source == 'profile = "smoke"'  # kept in the notebook, hidden on the page
+    assert cells[1].metadata["tags"] == ["parameters"] and "tags" not in cells[3].metadata
+    assert build_book.COLAB_BADGE not in cells[0].source
+    assert f"]({build_book.VENDORED_BADGE})]({BADGE})" in cells[0].source  # link unchanged
+    vendored = (ROOT / "notebooks" / build_book.VENDORED_BADGE).resolve()
+    import xml.etree.ElementTree as ET
+    assert ET.parse(vendored).getroot().tag.endswith("svg")
+    build_book.adapt_cells(path)  # a second pass changes nothing
+    assert nbformat.read(path, as_version=4).cells[2].metadata["tags"].count("remove-cell") == 1
