@@ -346,7 +346,8 @@ class Run:
         if dev.type == "cuda":
             return f"{dev} ({torch.cuda.get_device_name(dev)})"
         name = platform.processor() or platform.machine() or "CPU"
-        return f"{dev} ({name}, {torch.get_num_threads()} threads)"
+        threads = torch.get_num_threads()
+        return f"{dev} ({name}, {threads} thread{'s' if threads != 1 else ''})"
 
     def _data_lines(self) -> list[str]:
         lines = []
@@ -378,7 +379,7 @@ class Run:
                  "- **Data**:", *("  " + line for line in self._data_lines()),
                  f"- **Seed**: {self.seed}.",
                  "",
-                 "Every number on this page comes from this run; the box *What this run "
+                 "The results on this page come from this run; the box *What this run "
                  "shows* at the end gives the time it took."]
         return (f"```{{admonition}} This run: profile {name}, {self.device.type}, "
                 f"seed {self.seed}\n:class: note rmd-banner\n" + "\n".join(lines) + "\n```")

@@ -248,7 +248,8 @@ def test_banner_names_profile_device_data_with_sizes_and_seed(run, tiny_mnist):
     assert box.startswith("```{admonition} This run: profile smoke, cpu, seed 3\n")
     assert ":class: note rmd-banner" in box and box.endswith("\n```")
     assert "**Profile** `smoke`" in box and "at most 90 s on 2 CPU cores" in box
-    assert "**Device**: cpu (" in box and f"{torch.get_num_threads()} threads" in box
+    threads = torch.get_num_threads()
+    assert "**Device**: cpu (" in box and f"{threads} thread{'s' * (threads != 1)})" in box
     assert ("**MNIST**: 64 training and 32 test images, not the full 60,000/10,000; "
             "from made by the test (random images)") in box
     # an image set: its count and size; no machine's folders on the page
