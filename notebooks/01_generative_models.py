@@ -32,7 +32,7 @@
 # found by gradient descent in latent space from several random starts. The per-pixel mean
 # squared error $\lVert \hat x - x\rVert^2 / n$ then measures how far $x$ is from the range.
 
-# %%
+# %% tags=["remove-cell"]
 # On Colab, install the book's library first (locally, `make book` has installed it).
 import sys
 
@@ -83,6 +83,9 @@ with run.timer("data"):
     data_other = load_dataset(other, data_dir, n_train=1, n_test=P.n_sweep)
 run.record_data(data)
 run.record_data(data_other)
+
+# %% tags=["remove-input"]
+run.banner()
 
 # %% [markdown]
 # ## Two generators

@@ -45,7 +45,7 @@
 # below as an upper bound on INC's robustness, not as its robustness.
 # ```
 
-# %%
+# %% tags=["remove-cell"]
 # On Colab, install the book's library first (locally, `make book` has installed it).
 import sys
 
@@ -96,6 +96,9 @@ setups = prepare(run, names, generator=generator, data_dir=data_dir, cache_dir=c
 data = {name: s.data for name, s in setups.items()}
 clf = {name: s.classifier for name, s in setups.items()}
 gens = {name: s.G for name, s in setups.items()}
+
+# %% tags=["remove-input"]
+run.banner()
 
 # %% [markdown]
 # ## How many steps, how many restarts?

@@ -33,7 +33,7 @@
 # This chapter tests that claim at our budget, and measures what differentiating through the
 # projection costs and what it buys.
 
-# %%
+# %% tags=["remove-cell"]
 # On Colab, install the book's library first (locally, `make book` has installed it).
 import sys
 
@@ -71,6 +71,9 @@ names = dataset_names(dataset)
 setups = prepare(run, names, generator=generator, data_dir=data_dir, cache_dir=cache_dir)
 inc = {name: s.inc(P, seed) for name, s in setups.items()}
 xy = {name: s.test_images(P.n_adaptive, dev) for name, s in setups.items()}
+
+# %% tags=["remove-input"]
+run.banner()
 
 # %% [markdown]
 # ## Carlini–Wagner against the classifier and against INC

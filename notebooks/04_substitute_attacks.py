@@ -33,7 +33,7 @@
 #
 # Throughout, INC is the defense of the previous chapters: the paper's VAE, ten restarts.
 
-# %%
+# %% tags=["remove-cell"]
 # On Colab, install the book's library first (locally, `make book` has installed it).
 import sys
 
@@ -78,6 +78,9 @@ inc = {name: s.inc(P, seed) for name, s in setups.items()}
 xy = {name: s.test_images(P.n_transfer, dev) for name, s in setups.items()}
 seeds = {name: s.test_images(P.sub_seed, dev, offset=len(s.data.x_test) - P.sub_seed)
          for name, s in setups.items()}
+
+# %% tags=["remove-input"]
+run.banner()
 
 # %% [markdown]
 # ## The baseline: attacks crafted on the classifier itself

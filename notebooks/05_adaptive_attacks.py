@@ -65,7 +65,7 @@
 # Next to them, as the baseline, the first-order attacks of the foundation chapter: FGSM and
 # PGD crafted on the classifier and transferred. The next section writes each method down.
 
-# %%
+# %% tags=["remove-cell"]
 # On Colab, install the book's library first (locally, `make book` has installed it).
 import sys
 
@@ -102,6 +102,9 @@ P, dev = run.profile, run.device
 names = dataset_names(dataset)
 setups = prepare(run, names, generator=generator, data_dir=data_dir, cache_dir=cache_dir)
 EPS = {"linf": [0.1, 0.2, 0.3], "l2": [1.0, 2.0, 3.0]}
+
+# %% tags=["remove-input"]
+run.banner()
 
 # %% [markdown]
 # ## The methods, on the page

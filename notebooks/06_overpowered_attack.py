@@ -109,7 +109,7 @@
 # inside the budget. The search starts at $z_1$ drawn from the prior and $z_2 = z_1 + 0.1\,u$
 # with $u$ another prior draw.
 
-# %%
+# %% tags=["remove-cell"]
 # On Colab, install the book's library first (locally, `make book` has installed it).
 import sys
 
@@ -161,6 +161,9 @@ glue("n_pairs", P.minmax_n, display=False)
 glue("max_steps", P.minmax_steps, display=False)
 glue("eps_show", f"{EPS_SHOW:g}", display=False)
 glue("eps_list", ", ".join(f"{e:g}" for e in EPS), display=False)
+
+# %% tags=["remove-input"]
+run.banner()
 
 # %% [markdown]
 # ## The search in twenty lines

@@ -45,7 +45,7 @@
 #   on $L_2$ PGD examples, the baseline the authors ran (their MNIST code: $\varepsilon$ 1.5,
 #   40 steps).
 
-# %%
+# %% tags=["remove-cell"]
 # On Colab, install the book's library first (locally, `make book` has installed it).
 import sys
 
@@ -86,6 +86,9 @@ P, dev = run.profile, run.device
 names = dataset_names(dataset)
 setups = prepare(run, names, generator=generator, data_dir=data_dir, cache_dir=cache_dir)
 CLASSIFIERS = ("standard", "manifold", "PGD")
+
+# %% tags=["remove-input"]
+run.banner()
 
 # %% [markdown]
 # ## Training

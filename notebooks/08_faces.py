@@ -42,7 +42,7 @@
 #
 # The box below, printed by the code, says which data this copy of the chapter ran on.
 
-# %%
+# %% tags=["remove-cell"]
 # On Colab, install the book's library first (locally, `make book` has installed it).
 import sys
 
@@ -101,6 +101,9 @@ display(Markdown(
     + (f"**This run used the stand-in, not CelebA.** Every number and figure below is the "
        f"stand-in's: {data.source}.\n" if standin else f"This run used CelebA: {data.source}.\n")
     + "```"))
+
+# %% tags=["remove-input"]
+run.banner()
 
 # %% [markdown]
 # ## The generator and the classifier

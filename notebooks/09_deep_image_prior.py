@@ -38,7 +38,7 @@
 # batch costs about what one image costs per step on a GPU (and no more than a loop of single
 # fits on a CPU; `python -m rmd_lib.bench dip` measures both).
 
-# %%
+# %% tags=["remove-cell"]
 # On Colab, install the book's library first (locally, `make book` has installed it).
 import sys
 
@@ -83,6 +83,9 @@ x, y = photos.x.to(dev), photos.y.to(dev)
 CLASSES = imagenet_class_names()
 DIP = dict(width=P.dip_width, depth=P.dip_depth, lr=P.dip_lr)
 print(f"{clf.provenance}\n{len(x)} images ({P.dip_size}x{P.dip_size}) from {photos.source}")
+
+# %% tags=["remove-input"]
+run.banner(imagenet=photos)
 
 # %% [markdown]
 # The classifier takes pixels in $[0, 1]$ and normalises them itself, so every attack below

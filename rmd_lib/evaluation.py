@@ -7,6 +7,7 @@ import numbers
 import operator
 import os
 import platform
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,7 +21,8 @@ from .profiles import Profile
 from .randomness import chunked
 
 __all__ = ["predict", "confidence", "accuracy", "attack_table", "markdown_table", "Run", "start_run",
-           "default_results_dir", "wilson_interval", "paired_difference", "strict_claims"]
+           "default_results_dir", "wilson_interval", "paired_difference", "strict_claims",
+           "TIME_BUDGET_S", "EXPECTED_TIME"]
 
 
 @torch.no_grad()
@@ -152,6 +154,59 @@ def _peak_rss_gb() -> float | None:
 
 _OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 
+# What one chapter is expected to take in each profile. The budgets (seconds) are the ones
+# the profiles were sized for; scripts/run_notebooks.py flags a chapter over its budget.
+TIME_BUDGET_S = {"smoke": 90.0, "standard": 18 * 60.0}
+EXPECTED_TIME = {
+    "smoke": "at most 90 s on 2 CPU cores (the profile's budget per chapter)",
+    "standard": "at most 18 min on 2 CPU cores (the profile's budget per chapter)",
+    "colab": "sized for at most 10 min on a free Colab T4 GPU (an estimate, not yet "
+             "measured there)",
+    "paper": "hours on one large GPU (not yet run end to end)",
+    "colab-dryrun": "a few minutes on a CPU (colab's sizes, every iteration count cut to 2)",
+}
+_PROFILE_PURPOSE = {
+    "smoke": "the quick check that CI runs; its numbers are only sanity checks",
+    "standard": "the CPU book build",
+    "colab": "a free Colab GPU",
+    "paper": "the paper's scale, on one large GPU",
+    "colab-dryrun": "colab's sizes on a CPU, to find shape and memory errors",
+}
+# The full size (training, test) of the datasets that come in a smaller offline version.
+_FULL_SIZE = {"mnist": (60_000, 10_000), "fashion_mnist": (60_000, 10_000)}
+_DATA_LABEL = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "celeba": "CelebA",
+               "fashion_shirts_standin": "Faces (stand-in)", "imagenet": "ImageNet photos"}
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.])/(?:[^\s/()]+/)*([^\s/()]+)")
+
+
+def _duration(seconds: float) -> str:
+    """12.3 -> "12 s"; 725 -> "12 min 5 s"; 4000 -> "1 h 6 min"."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def _short_source(source: str) -> str:
+    """A data source with each absolute path cut to its last part: no machine's folders
+    appear on a published page."""
+    return _ABSOLUTE_PATH.sub(lambda m: f".../{m.group(1)}", source)
+
+
+def _show_markdown(text: str) -> None:
+    """Display Markdown in a notebook (rendered by MyST in the book); print it elsewhere."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+    except ImportError:  # pragma: no cover - IPython ships with the book extras
+        get_ipython = None
+    if get_ipython is not None and get_ipython() is not None:
+        display(Markdown(text))
+    else:
+        print(text)
+
 
 def _jsonable(obj):
     if isinstance(obj, dict):
@@ -185,6 +240,7 @@ class Run:
     device: torch.device
     results_dir: Path | None = None
     data_sources: dict = field(default_factory=dict)
+    data_sizes: dict = field(default_factory=dict)
     models: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     claims: list = field(default_factory=list)
@@ -198,8 +254,23 @@ class Run:
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
 
-    def record_data(self, dataset) -> None:
-        self.data_sources[dataset.name] = dataset.source
+    def record_data(self, dataset, name: str | None = None) -> None:
+        """Record where a dataset came from and how many images of it this run uses.
+
+        ``dataset``: a :class:`rmd_lib.data.Dataset` (``x_train``, ``x_test``) or a set of
+        images with ``x`` (N, C, H, W); both need ``source``. ``name`` defaults to
+        ``dataset.name``.
+        """
+        name = name or getattr(dataset, "name", None)
+        if not name:
+            raise ValueError("record_data needs a name: the dataset has no .name, so pass "
+                             "name=... (for example name='imagenet').")
+        self.data_sources[name] = dataset.source
+        if hasattr(dataset, "x_train") and hasattr(dataset, "x_test"):
+            self.data_sizes[name] = {"train": len(dataset.x_train), "test": len(dataset.x_test)}
+        elif hasattr(dataset, "x"):
+            self.data_sizes[name] = {"images": len(dataset.x),
+                                     "shape": [int(d) for d in dataset.x.shape[1:]]}
 
     def record_model(self, name: str, model) -> None:
         self.models[name] = getattr(model, "provenance", "unknown")
@@ -234,6 +305,7 @@ class Run:
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
             "cpu_threads": torch.get_num_threads(),
             "data_source": dict(self.data_sources),
+            "data_sizes": dict(self.data_sizes),
             "models": dict(self.models),
             "versions": {"rmd_lib": __version__, "torch": torch.__version__,
                          "torchvision": torchvision.__version__, "numpy": np.__version__,
@@ -265,6 +337,60 @@ class Run:
         print(f"results written to {path}")
         return path
 
+    def elapsed(self) -> float:
+        """Seconds since :func:`start_run` opened this run."""
+        return time.perf_counter() - self._t0
+
+    def _device_text(self) -> str:
+        dev = self.device
+        if dev.type == "cuda":
+            return f"{dev} ({torch.cuda.get_device_name(dev)})"
+        name = platform.processor() or platform.machine() or "CPU"
+        threads = torch.get_num_threads()
+        return f"{dev} ({name}, {threads} thread{'s' if threads != 1 else ''})"
+
+    def _data_lines(self) -> list[str]:
+        lines = []
+        for name, source in self.data_sources.items():
+            label = _DATA_LABEL.get(name, name)
+            size = self.data_sizes.get(name)
+            if size is None:
+                used = "sizes not recorded"
+            elif "train" in size:
+                used = f"{size['train']:,} training and {size['test']:,} test images"
+                full = _FULL_SIZE.get(name)
+                if full and (size["train"] < full[0] or size["test"] < full[1]):
+                    used += f", not the full {full[0]:,}/{full[1]:,}"
+            else:
+                shape = "×".join(str(d) for d in size["shape"][1:])
+                used = f"{size['images']:,} images at {shape}"
+            lines.append(f"- **{label}**: {used}; from {_short_source(source)}")
+        return lines or ["- no dataset recorded"]
+
+    def banner_markdown(self) -> str:
+        """The banner that opens a chapter, as a MyST admonition: profile and the time it is
+        expected to take, device, data sources with sizes, and seed."""
+        name = self.profile.name
+        purpose = _PROFILE_PURPOSE.get(name)
+        expected = EXPECTED_TIME.get(name, "no estimate for this profile")
+        lines = [f"- **Profile** `{name}`" + (f", {purpose}" if purpose else "")
+                 + f". Expected time for this chapter: {expected}.",
+                 f"- **Device**: {self._device_text()}.",
+                 "- **Data**:", *("  " + line for line in self._data_lines()),
+                 f"- **Seed**: {self.seed}.",
+                 "",
+                 "The results on this page come from this run; the box *What this run "
+                 "shows* at the end gives the time it took."]
+        return (f"```{{admonition}} This run: profile {name}, {self.device.type}, "
+                f"seed {self.seed}\n:class: note rmd-banner\n" + "\n".join(lines) + "\n```")
+
+    def banner(self, **datasets) -> None:
+        """Show the chapter's banner (:meth:`banner_markdown`). Keywords record more data
+        first, by name: ``run.banner(imagenet=photos)``."""
+        for name, dataset in datasets.items():
+            self.record_data(dataset, name=name)
+        _show_markdown(self.banner_markdown())
+
     def claims_markdown(self) -> str:
         """The "What this run shows" box: each claim with PASS/FAIL, its value, its threshold
         and why that threshold, as a MyST admonition."""
@@ -273,7 +399,8 @@ class Run:
         title = (f"What this run shows: {len(self.claims) - failed} of {len(self.claims)} "
                  f"claims hold (profile {self.profile.name}, {self.device.type})")
         if not self.claims:
-            return f"```{{admonition}} {title}\n:class: {kind}\nThis profile checks no claim.\n```"
+            return (f"```{{admonition}} {title}\n:class: {kind} rmd-claims\n"
+                    f"This profile checks no claim.\n\n{self.wall_time_text()}\n```")
         rows = ["| result | claim | value | threshold | why this threshold |", "|---|---|---|---|---|"]
         for c in self.claims:
             value = f"{c['value']:.4g}" + (f" ({c['detail']})" if c.get("detail") else "")
@@ -282,23 +409,25 @@ class Run:
             rows.append("| " + " | ".join(str(x).replace("|", "\\|") for x in cells) + " |")
         note = ("A FAIL is a result, not a broken build: it is what this run measured. "
                 "`make test` (with `RMD_STRICT=1`) treats it as an error.")
-        return (f"````{{admonition}} {title}\n:class: {kind}\n" + "\n".join(rows)
-                + f"\n\n{note}\n````")
+        return (f"````{{admonition}} {title}\n:class: {kind} rmd-claims\n" + "\n".join(rows)
+                + f"\n\n{note}\n\n{self.wall_time_text()}\n````")
+
+    def wall_time_text(self) -> str:
+        """How long this run took so far, against the profile's budget per chapter."""
+        took = self.elapsed()
+        text = f"This run took {_duration(took)} from its start to this box"
+        budget = TIME_BUDGET_S.get(self.profile.name)
+        if budget is not None:
+            over = "over" if took > budget else "within"
+            text += (f", {over} the `{self.profile.name}` budget of {_duration(budget)} "
+                     "per chapter")
+        return text + "."
 
     def report_claims(self) -> None:
         """Show the claims box (in a notebook; printed elsewhere). Under ``RMD_STRICT=1`` a
         failed claim then raises, as :meth:`assert_claims` does; otherwise it stays a
         reported result, so that the book shows it rather than failing to build."""
-        text = self.claims_markdown()
-        try:
-            from IPython import get_ipython
-            from IPython.display import Markdown, display
-        except ImportError:  # pragma: no cover - IPython ships with the book extras
-            get_ipython = None
-        if get_ipython is not None and get_ipython() is not None:
-            display(Markdown(text))
-        else:
-            print(text)
+        _show_markdown(self.claims_markdown())
         if strict_claims():
             self.assert_claims()
 

@@ -16,6 +16,10 @@ Also on the staged copy:
 - ``book/reproduction.md`` gets its table from the results files next to the executed
   notebooks (``rmd_lib.report``).
 - Widget state that papermill saved is dropped: the book shows static figures instead.
+- Papermill's injected-parameters cell is tagged ``remove-cell``: it stays in the executed
+  notebook, and the page does not show it (nor the Colab install cell, tagged in the
+  source). The Colab badge points at the vendored ``book/images/colab-badge.svg``, so that
+  it renders offline; the committed notebooks keep Colab's own badge.
 - ``--audience`` picks the student book (exercise solutions hidden, assignments with their
   stubs) or the instructor book (solutions shown, the assignments' solutions and the
   instructors' page); ``rmd_lib.course.stage_audience`` adapts the staged copy.
@@ -44,6 +48,9 @@ MATHJAX = ROOT / "node_modules" / "mathjax" / "es5"
 MATHJAX_PARTS = ["tex-chtml.js", "input/tex", "output/chtml", "ui", "a11y", "adaptors"]
 IGNORE = shutil.ignore_patterns("*.py", "__pycache__", ".ipynb_checkpoints", "*.pyc")
 OUTPUT_TYPES = {"display_data", "execute_result", "stream"}
+COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
+# The vendored badge, relative to a page in notebooks/.
+VENDORED_BADGE = "../book/images/colab-badge.svg"
 
 
 def stage_source(stage: Path, executed: Path, allow_unexecuted: bool,
@@ -91,6 +98,7 @@ def stage_source(stage: Path, executed: Path, allow_unexecuted: bool,
 
     for nb_path in staged:
         drop_widget_state(nb_path)
+        adapt_cells(nb_path)
     report = stage / "book" / "reproduction.md"
     if report.exists():
         results = executed.parent / "results"
@@ -128,6 +136,23 @@ def drop_widget_state(nb_path: Path) -> None:
     """Remove the ipywidgets state papermill stores; the static book does not render it."""
     nb = nbformat.read(nb_path, as_version=4)
     if nb.metadata.pop("widgets", None) is not None:
+        nbformat.write(nb, nb_path)
+
+
+def adapt_cells(nb_path: Path) -> None:
+    """Hide papermill's injected-parameters cell in the book (``remove-cell``) and point
+    the Colab badge at the vendored SVG."""
+    nb = nbformat.read(nb_path, as_version=4)
+    changed = False
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+            changed = True
+        if cell.cell_type == "markdown" and COLAB_BADGE in cell.source:
+            cell.source = cell.source.replace(COLAB_BADGE, VENDORED_BADGE)
+            changed = True
+    if changed:
         nbformat.write(nb, nb_path)
 
 

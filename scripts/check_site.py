@@ -9,7 +9,12 @@ page, runs its scripts and hands back the resulting DOM. For each page:
 - it has a title (``<h1>``);
 - every figure it shows (``_images/...``) exists and decodes, and each chapter has one;
 - every math element Sphinx wrote became a MathJax ``<mjx-container>``, none is a MathJax
-  error, and MathJax came from the site, not from a CDN.
+  error, and MathJax came from the site, not from a CDN;
+- each chapter opens with its banner (profile, device, data, seed) and ends with its box
+  *What this run shows*;
+- no code cell scrolls sideways in a 1,280-pixel-wide window: a script that the local
+  server adds to each page measures every code cell after the page has loaded;
+- the page of pipeline diagrams shows every diagram of ``book/figures/``.
 
 Without Chromium, the script installs it with apt-get when it runs as root. Otherwise it
 skips with a message, except under ``CI=true``, where the check must run and its absence is
@@ -19,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import html
 import http.server
+import io
 import os
 import re
 import shutil
@@ -27,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,12 +45,37 @@ ROOT = Path(__file__).resolve().parent.parent
 BROWSERS = ["chromium", "chromium-browser", "google-chrome"]
 # Without the networking flags Chromium keeps calling Google's hosts, which this kind of
 # machine refuses; --virtual-time-budget lets the page's scripts (MathJax) finish first.
+WINDOW_WIDTH = 1280
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--window-size={WINDOW_WIDTH},900", "--hide-scrollbars",
          "--virtual-time-budget=20000", "--dump-dom"]
 MATH_IN_SOURCE = re.compile(r'class="math[ "]')
 IMAGE_SRC = re.compile(r'<img[^>]*\ssrc="([^"]*_images/[^"?]+)')
 SCRIPT_SRC = re.compile(r'<script[^>]*\ssrc="([^"]+)"')
+BANNER, CLAIMS = "rmd-banner", "rmd-claims"  # the classes of Run's two boxes
+BADGE = "colab-badge.svg"  # the vendored badge is not one of a chapter's figures
+PIPELINES_PAGE = "book/pipelines.html"
+DIAGRAMS = ROOT / "book" / "figures"
+# Added by the local server to every page: after the page has loaded, write the code cells
+# that are wider than their box (they would scroll sideways) into the DOM.
+MEASURE = """<script>
+window.addEventListener("load", () => setTimeout(() => {
+  const wide = [];
+  document.querySelectorAll(".cell_input pre").forEach((el) => {
+    if (el.scrollWidth > el.clientWidth + 1) {
+      const line = el.textContent.split("\\n").reduce((a, b) => (b.length > a.length ? b : a), "");
+      wide.push(`${el.scrollWidth - el.clientWidth}px: ${line.trim().slice(0, 60)}`);
+    }
+  });
+  const out = document.createElement("pre");
+  out.id = "rmd-site-check";
+  out.dataset.cells = document.querySelectorAll(".cell_input pre").length;
+  out.textContent = wide.join("\\n");
+  document.body.appendChild(out);
+}, 500));
+</script>"""
+MEASURED = re.compile(r'<pre id="rmd-site-check" data-cells="(\d+)">(.*?)</pre>', re.DOTALL)
 
 
 @dataclass
@@ -51,6 +84,7 @@ class PageReport:
     figures: int = 0
     math_expected: int = 0
     math_typeset: int = 0
+    code_cells: int = 0
     problems: list[str] = field(default_factory=list)
 
 
@@ -69,16 +103,34 @@ def inspect_page(page: str, source_html: str, dom: str, site: Path) -> PageRepor
     if "<h1" not in dom:
         report.problems.append("no <h1> title in the loaded page")
     images = IMAGE_SRC.findall(dom)
-    report.figures = len(images)
-    if page.startswith("notebooks/") and not images:
+    report.figures = sum(not src.endswith(BADGE) for src in images)
+    chapter = page.startswith("notebooks/")
+    if chapter and not report.figures:
         report.problems.append("a chapter without any figure")
     for src in images:
-        path = (site / page).parent / src
-        try:
-            with Image.open(path) as im:
-                im.load()
-        except (OSError, ValueError) as exc:
-            report.problems.append(f"figure {src} does not load: {exc}")
+        problem = _image_problem((site / page).parent / src)
+        if problem:
+            report.problems.append(f"figure {src} does not load: {problem}")
+    if chapter:
+        for cls, what in ((BANNER, "no banner (run.banner()) at its top"),
+                          (CLAIMS, "no box 'What this run shows' (run.report_claims())")):
+            if not re.search(rf'class="[^"]*\b{cls}\b', dom):
+                report.problems.append(what)
+    if page == PIPELINES_PAGE:
+        shown = {Path(src).name for src in images}
+        missing = sorted(p.name for p in DIAGRAMS.glob("pipeline_*.svg") if p.name not in shown)
+        if missing:
+            report.problems.append(f"diagrams not shown: {', '.join(missing)}")
+    measured = MEASURED.search(dom)
+    if measured is None:
+        report.problems.append("the code-width measurement did not run")
+    else:
+        report.code_cells = int(measured.group(1))
+        wide = [line for line in measured.group(2).splitlines() if line.strip()]
+        if wide:
+            report.problems.append(
+                f"{len(wide)} code cell(s) scroll sideways at {WINDOW_WIDTH} px, e.g. "
+                f"{html.unescape(wide[0])}")
     report.math_expected = len(MATH_IN_SOURCE.findall(source_html))
     report.math_typeset = dom.count("<mjx-container")
     if report.math_expected:
@@ -92,6 +144,21 @@ def inspect_page(page: str, source_html: str, dom: str, site: Path) -> PageRepor
         if remote:
             report.problems.append(f"MathJax is loaded from {remote[0]}, not from the site")
     return report
+
+
+def _image_problem(path: Path) -> str | None:
+    """Why the image at ``path`` does not load, or None. SVG is parsed as XML."""
+    try:
+        if path.suffix == ".svg":
+            root = ET.parse(path).getroot()
+            if not root.tag.endswith("svg"):
+                return f"its root element is {root.tag}, not svg"
+            return None
+        with Image.open(path) as im:
+            im.load()
+    except (OSError, ValueError, ET.ParseError) as exc:
+        return str(exc)
+    return None
 
 
 def find_chromium() -> str | None:
@@ -115,8 +182,28 @@ def install_chromium() -> str | None:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves the site; an HTML page gets the measuring script before its ``</body>``."""
+
     def log_message(self, *args):
         pass
+
+    def send_head(self):
+        path = Path(self.translate_path(self.path))
+        if path.suffix != ".html" or not path.is_file():
+            return super().send_head()
+        body = with_measurement(path.read_bytes())
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        return io.BytesIO(body)
+
+
+def with_measurement(page: bytes) -> bytes:
+    """The page with :data:`MEASURE` added at the end of its body."""
+    script = MEASURE.encode()
+    at = page.rfind(b"</body>")
+    return page[:at] + script + page[at:] if at >= 0 else page + script
 
 
 def serve(site: Path) -> http.server.ThreadingHTTPServer:
@@ -173,10 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         server.shutdown()
 
     print(f"site check with {browser}:")
-    print(f"{'page':48} {'figures':>7} {'math typeset':>14}  status")
+    print(f"{'page':48} {'figures':>7} {'math typeset':>14} {'code cells':>10}  status")
     for r in reports:
         status = "ok" if not r.problems else "; ".join(r.problems)
-        print(f"{r.page:48} {r.figures:>7} {r.math_typeset:>6}/{r.math_expected:<7}  {status}")
+        print(f"{r.page:48} {r.figures:>7} {r.math_typeset:>6}/{r.math_expected:<7} "
+              f"{r.code_cells:>10}  {status}")
     failed = [r for r in reports if r.problems]
     if failed:
         print(f"error: {len(failed)} of {len(reports)} pages failed the site check",

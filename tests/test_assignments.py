@@ -258,3 +258,20 @@ def test_solution_notebook_runs_top_to_bottom(tmp_path, name):
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300, env={**os.environ, "MPLBACKEND": "Agg"})
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_a3_self_check_rejects_the_students_pairs_not_the_baselines(tmp_path):
+    # The last check of a3 must look at the pairs minmax_pairs returned: pairs twice the
+    # budget apart fail it, although the random baseline's pairs are within the budget.
+    nb = course.make_version(jupytext.read(course.SOURCE_DIR / "a3_minmax.py"), "solution",
+                             "a3_minmax")
+    script = tmp_path / "a3_minmax.py"
+    jupytext.write(nb, script, fmt="py:percent")
+    text = script.read_text()
+    call = "z1, z2 = minmax_pairs(G, C, eps)"
+    assert text.count(call) == 1
+    far = "z1, z2 = random_pairs_at_budget(G, 2 * eps, 64, seed=3)  # out of budget"
+    script.write_text(text.replace(call, far))
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert proc.returncode != 0 and "a min-max pair is" in proc.stderr, proc.stderr[-2000:]

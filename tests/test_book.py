@@ -124,3 +124,59 @@ def test_config_is_jupyter_book_1_without_execution():
     assert "sphinx_exercise" in cfg["sphinx"]["extra_extensions"]
     assert cfg["bibtex_bibfiles"] == ["references.bib"]
     assert (ROOT / "references.bib").exists()
+
+
+def test_install_cell_is_hidden_in_the_book_and_banner_shown(ipynb: Path):
+    nb = nbformat.read(ipynb, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    install = [c for c in code if "google.colab" in c.source]
+    assert len(install) == 1, f"{ipynb.name}: expected one Colab install cell"
+    assert "remove-cell" in install[0].metadata.get("tags", []), (
+        f"{ipynb.name}: tag the Colab install cell remove-cell (it stays in the notebook)")
+    banners = [c for c in code if re.search(r"^run\.banner\(", c.source, re.MULTILINE)]
+    assert len(banners) == 1, f"{ipynb.name}: expected one run.banner() call, near the top"
+    assert code.index(banners[0]) < len(code) // 2, f"{ipynb.name}: the banner comes too late"
+    assert "remove-input" in banners[0].metadata.get("tags", [])
+
+
+def test_notation_gives_each_symbol_one_meaning():
+    rows = [line for line in (ROOT / "book" / "notation.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| ---")
+            and not line.startswith("| Symbol")]
+    symbols = [row.split(" | ")[0].removeprefix("| ").strip() for row in rows]
+    repeated = sorted({s for s in symbols if symbols.count(s) > 1})
+    assert not repeated, f"book/notation.md defines {repeated} more than once"
+    # The image's channels are c, not C (the classifier); BEGAN's discriminator is A, not
+    # D (the divergence).
+    assert "{C \\times H" not in "".join(symbols)
+    assert not any(re.search(r"\bD\(v\)", s) for s in symbols)
+
+
+def test_pitfalls_page_points_at_tests_and_chapters_that_exist():
+    text = (ROOT / "book" / "pitfalls.md").read_text()
+    assert "{cite:t}`carlini2019evaluating`" in text
+    sections = re.split(r"^## ", text, flags=re.MULTILINE)[1:]
+    assert len(sections) >= 8
+    for section in sections:
+        title = section.splitlines()[0]
+        files = re.findall(r"\[`(tests/test_\w+\.py)`\]", section)
+        assert files, f"pitfall {title!r} names no test file"
+        assert "**Shown in:**" in section, f"pitfall {title!r} names no chapter"
+        sources = "".join((ROOT / f).read_text() for f in files)
+        for name in re.findall(r"`(test_\w+)`", section):
+            assert f"def {name}(" in sources, f"pitfall {title!r}: no {name} in {files}"
+        for doc in re.findall(r"\{doc\}`\.\./(notebooks/\w+)`", section):
+            assert (ROOT / f"{doc}.ipynb").exists(), f"pitfall {title!r}: no {doc}"
+
+
+def test_pipeline_diagrams_are_drawn_by_the_script_and_shown():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "draw_diagrams.py"),
+                           "--check"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    page = (ROOT / "book" / "pipelines.md").read_text()
+    for svg in sorted((ROOT / "book" / "figures").glob("pipeline_*.svg")):
+        assert f"figures/{svg.name}" in page, f"book/pipelines.md does not show {svg.name}"
+    assert len(list((ROOT / "book" / "figures").glob("pipeline_*.svg"))) == 4

@@ -232,3 +232,83 @@ def test_write_accepts_numpy_scalars(run):
     assert json.loads(path.read_text())["headline"] == {"acc": 0.75, "n": 3, "mse": 0.5}
     with pytest.raises(ValueError, match="acc"):
         run.write({"acc": np.float32("nan")})
+
+
+# ---------------------------------------------------------------------------------------
+# The banner that opens each chapter, and the run's wall time in its claims box.
+# ---------------------------------------------------------------------------------------
+def test_banner_names_profile_device_data_with_sizes_and_seed(run, tiny_mnist):
+    import types
+
+    run.record_data(tiny_mnist)
+    photos = types.SimpleNamespace(x=torch.zeros(20, 3, 128, 96),
+                                   source="foolbox /opt/venv/lib/site-packages/foolbox/data")
+    run.record_data(photos, name="imagenet")
+    box = run.banner_markdown()
+    assert box.startswith("```{admonition} This run: profile smoke, cpu, seed 3\n")
+    assert ":class: note rmd-banner" in box and box.endswith("\n```")
+    assert "**Profile** `smoke`" in box and "at most 90 s on 2 CPU cores" in box
+    threads = torch.get_num_threads()
+    assert "**Device**: cpu (" in box and f"{threads} thread{'s' * (threads != 1)})" in box
+    assert ("**MNIST**: 64 training and 32 test images, not the full 60,000/10,000; "
+            "from made by the test (random images)") in box
+    # an image set: its count and size; no machine's folders on the page
+    assert "**ImageNet photos**: 20 images at 128×96; from foolbox .../data" in box
+    assert "/opt/venv" not in box
+    assert "**Seed**: 3." in box
+    assert run.provenance()["data_sizes"] == {
+        "mnist": {"train": 64, "test": 32}, "imagenet": {"images": 20, "shape": [3, 128, 96]}}
+
+
+def test_banner_marks_only_a_subset_as_not_the_full_set(tmp_path, tiny_mnist):
+    import types
+
+    full = types.SimpleNamespace(name="fashion_mnist", x_train=range(60_000),
+                                 x_test=range(10_000), source="torchvision download")
+    run = start_run("99_x", profile="standard", seed=0, device="cpu", results_dir=tmp_path)
+    run.record_data(full)
+    box = run.banner_markdown()
+    assert "**Fashion-MNIST**: 60,000 training and 10,000 test images; from torchvision" in box
+    assert "not the full" not in box and "at most 18 min on 2 CPU cores" in box
+    run.record_data(types.SimpleNamespace(source="s"), name="celeba")  # no sizes known
+    assert "**CelebA**: sizes not recorded; from s" in run.banner_markdown()
+    with pytest.raises(ValueError, match="name="):
+        run.record_data(types.SimpleNamespace(source="s"))
+
+
+def test_banner_is_shown_and_records_keyword_data(run, tiny_mnist, capsys):
+    run.banner(mnist=tiny_mnist)  # outside a notebook it is printed
+    out = capsys.readouterr().out
+    assert "rmd-banner" in out and "**MNIST**: 64 training" in out
+    assert run.data_sources == {"mnist": tiny_mnist.source}
+
+
+def test_claims_box_gives_the_wall_time_against_the_budget(run, monkeypatch):
+    import rmd_lib.evaluation as ev
+
+    run.claim("fine", 1.0, ">=", 0.5)
+    monkeypatch.setattr(run, "elapsed", lambda: 75.2)
+    box = run.claims_markdown()
+    assert ":class: tip rmd-claims" in box
+    assert "This run took 1 min 15 s from its start to this box, within the `smoke` " \
+           "budget of 1 min 30 s per chapter." in box
+    monkeypatch.setattr(run, "elapsed", lambda: 3725.0)
+    assert "took 1 h 2 min" in run.claims_markdown() and "over the `smoke`" in run.claims_markdown()
+    assert ev._duration(12.4) == "12 s"
+    run.claims.clear()
+    assert "checks no claim" in run.claims_markdown() and "This run took" in run.claims_markdown()
+
+
+def test_time_budgets_are_the_runners():
+    import importlib.util
+    from pathlib import Path
+
+    from rmd_lib.evaluation import EXPECTED_TIME, TIME_BUDGET_S
+    from rmd_lib.profiles import PROFILES
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "run_notebooks.py"
+    spec = importlib.util.spec_from_file_location("run_notebooks_budgets", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.BUDGET_PER_NOTEBOOK == TIME_BUDGET_S
+    assert set(EXPECTED_TIME) == set(PROFILES)

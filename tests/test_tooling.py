@@ -129,8 +129,11 @@ check_site = load_script("check_site")
 MATH_SOURCE = ('<script src="../mathjax/tex-chtml.js"></script>'
                '<span class="math notranslate nohighlight">\\(x\\)</span>'
                '<div class="math notranslate nohighlight">\\[y\\]</div>')
-GOOD_DOM = ('<h1>Chapter</h1><mjx-container>x</mjx-container><mjx-container>y</mjx-container>'
-            '<img alt="f" src="../_images/fig.png">')
+GOOD_DOM = ('<h1>Chapter</h1><div class="admonition note rmd-banner">banner</div>'
+            '<mjx-container>x</mjx-container><mjx-container>y</mjx-container>'
+            '<img alt="f" src="../_images/fig.png"><div class="admonition tip rmd-claims">box</div>'
+            '<pre id="rmd-site-check" data-cells="3"></pre>')
+WIDE = '<pre id="rmd-site-check" data-cells="3">41px: x = compute(a, b) &lt; 3</pre>'
 
 
 @pytest.fixture
@@ -140,6 +143,8 @@ def site(tmp_path: Path) -> Path:
     (tmp_path / "notebooks").mkdir()
     (tmp_path / "_images").mkdir()
     Image.new("RGB", (4, 3)).save(tmp_path / "_images" / "fig.png")
+    (tmp_path / "_images" / "colab-badge.svg").write_bytes(
+        (ROOT / "book" / "images" / "colab-badge.svg").read_bytes())
     return tmp_path
 
 
@@ -157,6 +162,13 @@ def test_site_check_passes_a_page_with_figures_and_typeset_math(site: Path):
     (GOOD_DOM.replace("<mjx-container>y</mjx-container>", ""), MATH_SOURCE,
      "only 1 typeset"),
     (GOOD_DOM + "<mjx-merror>bad</mjx-merror>", MATH_SOURCE, "error in a formula"),
+    (GOOD_DOM.replace("rmd-banner", "other"), MATH_SOURCE, "no banner"),
+    (GOOD_DOM.replace(" rmd-claims", ""), MATH_SOURCE, "What this run shows"),
+    (GOOD_DOM.replace('<pre id="rmd-site-check" data-cells="3"></pre>', WIDE), MATH_SOURCE,
+     "1 code cell(s) scroll sideways at 1280 px, e.g. 41px: x = compute(a, b) < 3"),
+    (GOOD_DOM.replace('<pre id="rmd-site-check" data-cells="3"></pre>', ""), MATH_SOURCE,
+     "measurement did not run"),
+    (GOOD_DOM.replace("fig.png", "colab-badge.svg"), MATH_SOURCE, "without any figure"),
     (GOOD_DOM, MATH_SOURCE.replace("../mathjax/tex-chtml.js",
                                    "https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml.js"),
      "not from the site"),
@@ -164,6 +176,61 @@ def test_site_check_passes_a_page_with_figures_and_typeset_math(site: Path):
 def test_site_check_names_each_problem(site: Path, dom: str, source: str, problem: str):
     r = check_site.inspect_page("notebooks/01_x.html", source, dom, site)
     assert len(r.problems) == 1 and problem in r.problems[0]
+
+
+def test_site_check_reads_svg_figures_and_the_pipelines_page(site: Path):
+    names = sorted(p.name for p in check_site.DIAGRAMS.glob("pipeline_*.svg"))
+    assert len(names) == 4
+    for name in names:
+        (site / "_images" / name).write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
+    (site / "book").mkdir()
+    imgs = "".join(f'<img src="../_images/{n}">' for n in names)
+    dom = f'<h1>Pipelines</h1>{imgs}<pre id="rmd-site-check" data-cells="0"></pre>'
+    r = check_site.inspect_page(check_site.PIPELINES_PAGE, "", dom, site)
+    assert r.problems == [] and r.figures == 4
+    first = f'<img src="../_images/{names[0]}">'
+    r = check_site.inspect_page(check_site.PIPELINES_PAGE, "", dom.replace(first, ""), site)
+    assert r.problems == [f"diagrams not shown: {names[0]}"]
+    (site / "_images" / names[1]).write_text("<svg")  # truncated
+    r = check_site.inspect_page(check_site.PIPELINES_PAGE, "", dom, site)
+    assert len(r.problems) == 1 and "does not load" in r.problems[0]
+
+
+def test_site_check_server_adds_the_measurement_to_html_only(site: Path):
+    import urllib.request
+
+    (site / "page.html").write_text("<html><body><h1>x</h1></body></html>")
+    (site / "data.txt").write_text("plain </body>")
+    server = check_site.serve(site)
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/"
+        page = urllib.request.urlopen(base + "page.html").read().decode()
+        plain = urllib.request.urlopen(base + "data.txt").read().decode()
+    finally:
+        server.shutdown()
+    assert page.index("rmd-site-check") < page.index("</body>")
+    assert page.startswith("<html><body><h1>x</h1><script>") and plain == "plain </body>"
+    assert f"--window-size={check_site.WINDOW_WIDTH}," in " ".join(check_site.FLAGS)
+
+
+@pytest.mark.skipif(check_site.find_chromium() is None, reason="needs Chromium")
+def test_site_check_measures_a_wide_code_cell_in_chromium(tmp_path: Path):
+    # The measuring script, run by the real browser: a code cell of 400 characters on one
+    # line scrolls at 1,280 px; one of 40 does not.
+    long, short = "x" * 400, "y = 1"
+    cell = '<div class="cell_input"><pre style="overflow-x:auto">{}</pre></div>'
+    (tmp_path / "p.html").write_text(
+        "<html><body><h1>t</h1>" + cell.format(long) + cell.format(short) + "</body></html>")
+    server = check_site.serve(tmp_path)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/p.html"
+        dom = check_site.load_dom(check_site.find_chromium(), url, str(tmp_path / "profile"))
+    finally:
+        server.shutdown()
+    measured = check_site.MEASURED.search(dom)
+    assert measured and measured.group(1) == "2"
+    wide = [line for line in measured.group(2).splitlines() if line]
+    assert len(wide) == 1 and wide[0].endswith("x" * 60)
 
 
 def test_site_check_broken_figure_file_is_caught(site: Path):
@@ -256,3 +323,29 @@ def test_kernels_wait_passively_unless_told_otherwise():
     run_notebooks.quiet_openmp(env)
     assert env["OMP_WAIT_POLICY"] == "ACTIVE"
     assert "OMP_NUM_THREADS" not in env  # the thread count, and so the numbers, stay put
+
+
+def test_book_hides_injected_parameters_and_vendors_the_badge(tmp_path: Path):
+    import nbformat
+
+    badge = f"[![Open In Colab]({build_book.COLAB_BADGE})]({BADGE})"
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell(f"# T\n\n{badge}"),
+        nbformat.v4.new_code_cell("profile = 'auto'", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell('profile = "smoke"',
+                                  metadata={"tags": ["injected-parameters"]}),
+        nbformat.v4.new_code_cell("x = 1")])
+    path = tmp_path / "01_x.ipynb"
+    nbformat.write(nb, path)
+    build_book.adapt_cells(path)
+    cells = nbformat.read(path, as_version=4).cells
+    assert cells[2].metadata["tags"] == ["injected-parameters", "remove-cell"]
+    assert cells[2].source == 'profile = "smoke"'  # kept in the notebook, hidden on the page
+    assert cells[1].metadata["tags"] == ["parameters"] and "tags" not in cells[3].metadata
+    assert build_book.COLAB_BADGE not in cells[0].source
+    assert f"]({build_book.VENDORED_BADGE})]({BADGE})" in cells[0].source  # link unchanged
+    vendored = (ROOT / "notebooks" / build_book.VENDORED_BADGE).resolve()
+    import xml.etree.ElementTree as ET
+    assert ET.parse(vendored).getroot().tag.endswith("svg")
+    build_book.adapt_cells(path)  # a second pass changes nothing
+    assert nbformat.read(path, as_version=4).cells[2].metadata["tags"].count("remove-cell") == 1
