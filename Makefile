@@ -28,7 +28,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile package-lock.jso
 help:
 	@echo "make book              run the notebooks (profile $(PROFILE)) and build _build/html"
 	@echo "make book-instructor   the instructor book (solutions shown) into _build/html-instructor"
-	@echo "make assignments       student and solution releases of the assignments into _build/assignments"
+	@echo "make assignments       student, solution, Gradescope and nbgrader releases of the assignments into _build/assignments"
 	@echo "make test              unit tests, smoke run of every notebook, results checks, strict builds, site check"
 	@echo "make colab-dryrun      every chapter on the CPU at the colab sizes, iterations cut to 2"
 	@echo "make venv              create .venv and install the project with its book and test extras"
