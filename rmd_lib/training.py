@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .checks import check_labels, count_classes
-from .data import Dataset, default_data_dir, fetch
+from .data import Dataset, default_data_dir, download_url
 from .models import VAE, BEGANDiscriminator, BEGANGenerator, MnistClassifier, WGANCritic, WGANGenerator
 from .profiles import Profile, resolve_device
 
@@ -307,8 +307,8 @@ def pretrained_or_train(kind: str, dataset: Dataset, profile: Profile, *, seed: 
                         progress: bool = True, verbose: bool = True) -> nn.Module:
     """Return a ``"classifier"``, ``"vae"``, ``"gan"`` or ``"began"`` (generator) model, in eval mode.
 
-    With ``checkpoint`` (a path, or an http(s) URL that then needs ``sha256``) it loads those
-    weights. Otherwise it reuses the cached model trained with the same configuration, or
+    With ``checkpoint`` (a path, or an http(s) URL that then needs ``sha256``; pooch
+    downloads it into ``cache_dir/downloads``) it loads those weights. Otherwise it reuses the cached model trained with the same configuration, or
     trains one and caches it under ``cache_dir`` (default ``<data_dir>/cache``).
     """
     device = resolve_device(device)
@@ -317,11 +317,11 @@ def pretrained_or_train(kind: str, dataset: Dataset, profile: Profile, *, seed: 
         model = _build(cfg, len(dataset.classes))
     if checkpoint is not None:
         ckpt = str(checkpoint)
-        if ckpt.startswith(("http://", "https://", "file://")):
+        if ckpt.startswith(("http://", "https://")):
             if not sha256:
                 raise ValueError("A checkpoint URL needs its sha256, so the download can be checked.")
-            dest = Path(cache_dir or default_data_dir() / "cache") / "downloads" / Path(ckpt).name
-            ckpt = fetch(ckpt, dest, sha256)
+            folder = Path(cache_dir or default_data_dir() / "cache") / "downloads"
+            ckpt = download_url(ckpt, sha256, folder, progress=progress)
         load_checkpoint(model, ckpt)
         source = f"checkpoint {ckpt}"
     else:
