@@ -49,10 +49,10 @@ $(STAMP):
 	@# An editable install made before rmd_lib/__init__.py existed cannot import it;
 	@# leave the stamp unwritten so that the next run installs again. (-I: so that the
 	@# rmd_lib/ folder in the working directory does not stand in for the install.)
-	@if $(PY) -I -c 'import rmd_lib' 2>/dev/null; then \
+	@if $(PY) -I -c 'import rmd_lib, rmd_course' 2>/dev/null; then \
 	  rm -f $(VENV)/.installed-*; touch $@; \
 	else \
-	  echo "note: rmd_lib does not import yet; the install will be redone next time"; \
+	  echo "note: rmd_lib or rmd_course does not import yet; the install will be redone next time"; \
 	fi
 
 # Debian's dataset-fashion-mnist: the offline source of Fashion-MNIST. Optional.
@@ -103,7 +103,7 @@ colab-dryrun: venv
 	  --out _build/colab-dryrun
 
 assignments: venv
-	$(PY) -m rmd_lib.course release --out _build/assignments
+	$(PY) -m rmd_course.course release --out _build/assignments
 
 test: venv
 	RMD_REQUIRE_TORCHATTACKS=1 $(PY) -m pytest tests --ignore=tests/test_results.py

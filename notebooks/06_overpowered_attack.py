@@ -75,7 +75,7 @@ from rmd_lib.attacks import minmax_pairs
 from rmd_lib.data import dataset_names
 from rmd_lib.evaluation import markdown_table, start_run
 from rmd_lib.experiment import prepare
-from rmd_lib.explorers import pair_explorer, pair_explorer_figure, pair_paths
+from rmd_course.explorers import pair_explorer, pair_explorer_figure, pair_paths
 from rmd_lib.attack_tables import pair_table
 from rmd_lib.plotting import image_grid, set_style
 

@@ -14,7 +14,7 @@ import jsonschema
 import nbformat
 import pytest
 
-from rmd_lib import course, gradescope
+from rmd_course import course, gradescope
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "a1_first_order"
@@ -64,7 +64,8 @@ def test_every_assignment_gets_a_zip_in_gradescopes_layout(releases):
                      for f in course.test_files(name)}
             assert len(tests) == 2 and tests <= set(files), "public and hidden tests both ship"
             assert {"grading/conftest.py", "grading/pytest.ini", "grading/references.json",
-                    "lib/pyproject.toml", "lib/rmd_lib/__init__.py"} <= set(files)
+                    "lib/pyproject.toml", "lib/rmd_lib/__init__.py",
+                    "lib/rmd_course/__init__.py", "lib/rmd_course/toys.py"} <= set(files)
             assert f"--assignment {name} " in zf.read("run_autograder").decode()
     # The student notebooks and nbgrader's layout come with them.
     for name in names:
@@ -181,7 +182,7 @@ REFERENCES = course.load_references(NAME)
     ("import importlib\nA = importlib.import_module('rmd_lib.attacks.first_order')",
      {f: ["rmd_lib.attacks.first_order"] for f in REFERENCES}),
     ("from rmd_lib.attacks.first_order import *", {f: ["rmd_lib.attacks.first_order"] for f in REFERENCES}),
-    ("import torch\nfrom rmd_lib.course import toy_images\nfrom rmd_lib.attacks import cw_l2", {}),
+    ("import torch\nfrom rmd_course.toys import toy_images\nfrom rmd_lib.attacks import cw_l2", {}),
     ("import os\nimport antigravity_not_a_module", {}),
 ])
 def test_reference_uses(code, expected):

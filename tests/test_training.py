@@ -277,7 +277,7 @@ def test_pretrained_or_train_keeps_the_callers_rng_and_the_weights(kind, tiny_mn
 
 
 def test_toy_classifier_keeps_the_callers_rng():
-    from rmd_lib.course import toy_classifier, toy_images
+    from rmd_course.toys import toy_classifier, toy_images
     x, y = toy_images(30, seed=1)
     torch.manual_seed(5)
     before = torch.get_rng_state()

@@ -1,16 +1,16 @@
 """Gradescope autograders and nbgrader-style folders for the course assignments.
 
-``python -m rmd_lib.course release`` calls :func:`write_autograders` and
+``python -m rmd_course.course release`` calls :func:`write_autograders` and
 :func:`write_nbgrader`. Each ``gradescope/<name>.zip`` follows Gradescope's layout for a
 custom autograder: ``setup.sh`` (run once, as root, when Gradescope builds the image) and
 ``run_autograder`` at the top, next to the grading tests, hidden ones included, and the
-book's library (``lib/``), which ``setup.sh`` installs. On Gradescope the zip is unpacked
+book's packages (``lib/``), which ``setup.sh`` installs. On Gradescope the zip is unpacked
 into ``/autograder/source``, the student's upload lies in ``/autograder/submission`` and
 ``run_autograder`` must leave ``/autograder/results/results.json``; ``AUTOGRADER_ROOT``
 moves that root elsewhere (the tests use a temporary folder).
 
-``run_autograder`` calls ``python -m rmd_lib.gradescope run``, which grades as the CSV
-route does (:func:`rmd_lib.course.assess`): the points come from a collection run that
+``run_autograder`` calls ``python -m rmd_course.gradescope run``, which grades as the CSV
+route does (:func:`rmd_course.course.assess`): the points come from a collection run that
 loads no submission; the submission runs in a pytest process of its own, and its results
 are read from that process's report file after it has exited; only then, and only here,
 is ``results.json`` written, over anything the submission left there.
@@ -51,7 +51,7 @@ root="${{AUTOGRADER_ROOT:-/autograder}}"
 python="${{RMD_PYTHON:-$root/venv/bin/python}}"
 mkdir -p "$root/results"
 cd "$root/source"
-exec "$python" -m rmd_lib.gradescope run --assignment {name} \\
+exec "$python" -m rmd_course.gradescope run --assignment {name} \\
   --submission "$root/submission" --grading "$root/source/grading" \\
   --results "$root/results/results.json" --timeout {timeout:g}
 """
@@ -89,9 +89,9 @@ RESULTS_SCHEMA = {
     "additionalProperties": False,
 }
 
-# What the zip's lib/ holds: enough for `pip install lib/` to install the book's library.
+# What the zip's lib/ holds: enough for `pip install lib/` to install the book's packages.
 LIB_FILES = ("pyproject.toml", "README.md")
-LIB_PACKAGES = ("rmd_lib",)
+LIB_PACKAGES = ("rmd_lib", "rmd_course")
 
 
 def _add_tree(zf: zipfile.ZipFile, folder: Path, arcname: str) -> None:
@@ -144,7 +144,7 @@ def write_nbgrader(out_dir: Path, student_dir: Path, solution_dir: Path,
                    names: list[str]) -> list[Path]:
     """nbgrader's course layout under ``out_dir``: ``source/<name>/<name>.ipynb`` (the
     solution), ``release/<name>/<name>.ipynb`` (the student version) and an empty
-    ``submitted/`` that ``python -m rmd_lib.course grade out_dir/submitted`` grades."""
+    ``submitted/`` that ``python -m rmd_course.course grade out_dir/submitted`` grades."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -222,7 +222,7 @@ def run(name: str, submission: Path, results: Path, grading_dir: Path,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rmd_lib.gradescope",
+    ap = argparse.ArgumentParser(prog="python -m rmd_course.gradescope",
                                  description="Grade one upload inside a Gradescope autograder.")
     sub = ap.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="grade SUBMISSION into Gradescope's results.json")
