@@ -28,7 +28,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile package-lock.jso
 help:
 	@echo "make book              run the notebooks (profile $(PROFILE)) and build _build/html"
 	@echo "make book-instructor   the instructor book (solutions shown) into _build/html-instructor"
-	@echo "make assignments       student and solution releases of the assignments into _build/assignments"
+	@echo "make assignments       student, solution, Gradescope and nbgrader releases of the assignments into _build/assignments"
 	@echo "make test              unit tests, smoke run of every notebook, results checks, strict builds, site check"
 	@echo "make colab-dryrun      every chapter on the CPU at the colab sizes, iterations cut to 2"
 	@echo "make venv              create .venv and install the project with its book and test extras"
@@ -49,10 +49,10 @@ $(STAMP):
 	@# An editable install made before rmd_lib/__init__.py existed cannot import it;
 	@# leave the stamp unwritten so that the next run installs again. (-I: so that the
 	@# rmd_lib/ folder in the working directory does not stand in for the install.)
-	@if $(PY) -I -c 'import rmd_lib' 2>/dev/null; then \
+	@if $(PY) -I -c 'import rmd_lib, rmd_course' 2>/dev/null; then \
 	  rm -f $(VENV)/.installed-*; touch $@; \
 	else \
-	  echo "note: rmd_lib does not import yet; the install will be redone next time"; \
+	  echo "note: rmd_lib or rmd_course does not import yet; the install will be redone next time"; \
 	fi
 
 # Debian's dataset-fashion-mnist: the offline source of Fashion-MNIST. Optional.
@@ -103,7 +103,7 @@ colab-dryrun: venv
 	  --out _build/colab-dryrun
 
 assignments: venv
-	$(PY) -m rmd_lib.course release --out _build/assignments
+	$(PY) -m rmd_course.course release --out _build/assignments
 
 test: venv
 	RMD_REQUIRE_TORCHATTACKS=1 $(PY) -m pytest tests --ignore=tests/test_results.py

@@ -58,7 +58,7 @@ from IPython.display import Markdown, display
 
 from rmd_lib.data import dataset_names, load_dataset
 from rmd_lib.evaluation import markdown_table, start_run
-from rmd_lib.explorers import latent_grid, latent_walk, latent_walk_figure
+from rmd_course.explorers import latent_grid, latent_walk, latent_walk_figure
 from rmd_lib.plotting import image_grid, set_style
 from rmd_lib.projection import latent_path, project
 from rmd_lib.training import pretrained_or_train

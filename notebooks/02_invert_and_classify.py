@@ -74,7 +74,7 @@ from rmd_lib.attacks import bim, fgsm
 from rmd_lib.data import dataset_names
 from rmd_lib.evaluation import accuracy, attack_table, confidence, markdown_table, start_run
 from rmd_lib.experiment import prepare
-from rmd_lib.explorers import attack_explorer, attack_explorer_figure, attack_sweep
+from rmd_course.explorers import attack_explorer, attack_explorer_figure, attack_sweep
 from rmd_lib.plotting import image_grid, set_style
 from rmd_lib.projection import DEFENSE_GAN, EXHAUSTIVE, InvertAndClassify, project
 

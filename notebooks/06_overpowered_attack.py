@@ -143,7 +143,7 @@ from rmd_lib.data import dataset_names
 from rmd_lib.evaluation import (markdown_table, paired_difference, start_run,
                                 wilson_interval)
 from rmd_lib.experiment import prepare
-from rmd_lib.explorers import pair_explorer, pair_explorer_figure, pair_paths
+from rmd_course.explorers import pair_explorer, pair_explorer_figure, pair_paths
 from rmd_lib.intervals import error_bars, interval_text, with_intervals
 from rmd_lib.plotting import image_grid, set_style
 from rmd_lib.randomness import stream

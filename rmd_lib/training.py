@@ -19,11 +19,12 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .checks import check_labels, count_classes
-from .data import Dataset, default_data_dir, fetch
+from .data import Dataset, default_data_dir, download_url
 from .models import VAE, BEGANDiscriminator, BEGANGenerator, MnistClassifier, WGANCritic, WGANGenerator
 from .profiles import Profile, resolve_device
 
 __all__ = [
+    "fit_adam",
     "set_seed", "seeded", "train_classifier", "train_vae", "train_wgan_gp", "train_began",
     "pretrained_or_train", "save_checkpoint", "load_checkpoint", "model_config", "CACHE_FORMAT", "training_environment",
     "trained_with",
@@ -68,7 +69,7 @@ def _batches(n: int, batch_size: int, generator: torch.Generator):
         yield perm[i:i + batch_size]
 
 
-def _fit(model: nn.Module, n: int, batch_loss, *, epochs: int, batch_size: int, lr: float,
+def fit_adam(model: nn.Module, n: int, batch_loss, *, epochs: int, batch_size: int, lr: float,
          seed: int, desc: str, progress: bool) -> list[float]:
     """Adam over ``epochs`` shuffled passes; ``batch_loss(idx)`` is the mean loss of a batch."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -97,7 +98,7 @@ def train_classifier(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs
     device = next(net.parameters()).device
     # A label without a logit would fail deep inside cross-entropy ("Target 12 is out of bounds").
     check_labels(y, len(x), "y", num_classes=count_classes(net, x[:1].to(device)))
-    return _fit(net, len(x), lambda idx: F.cross_entropy(net(x[idx].to(device)), y[idx].to(device)),
+    return fit_adam(net, len(x), lambda idx: F.cross_entropy(net(x[idx].to(device)), y[idx].to(device)),
                 epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, desc="classifier",
                 progress=progress)
 
@@ -107,7 +108,7 @@ def train_vae(vae: VAE, x: torch.Tensor, *, epochs: int, batch_size: int = 100, 
     """Maximises the ELBO with Adam; x (N, 1, 28, 28) in [0, 1]. Returns per-image losses by epoch."""
     device = next(vae.parameters()).device
     g_dev = torch.Generator(device=device).manual_seed(seed + 1)  # the reparameterisation noise
-    return _fit(vae, len(x), lambda idx: vae.loss(x[idx].to(device), generator=g_dev),
+    return fit_adam(vae, len(x), lambda idx: vae.loss(x[idx].to(device), generator=g_dev),
                 epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, desc="VAE",
                 progress=progress)
 
@@ -307,8 +308,8 @@ def pretrained_or_train(kind: str, dataset: Dataset, profile: Profile, *, seed: 
                         progress: bool = True, verbose: bool = True) -> nn.Module:
     """Return a ``"classifier"``, ``"vae"``, ``"gan"`` or ``"began"`` (generator) model, in eval mode.
 
-    With ``checkpoint`` (a path, or an http(s) URL that then needs ``sha256``) it loads those
-    weights. Otherwise it reuses the cached model trained with the same configuration, or
+    With ``checkpoint`` (a path, or an http(s) URL that then needs ``sha256``; pooch
+    downloads it into ``cache_dir/downloads``) it loads those weights. Otherwise it reuses the cached model trained with the same configuration, or
     trains one and caches it under ``cache_dir`` (default ``<data_dir>/cache``).
     """
     device = resolve_device(device)
@@ -317,11 +318,11 @@ def pretrained_or_train(kind: str, dataset: Dataset, profile: Profile, *, seed: 
         model = _build(cfg, len(dataset.classes))
     if checkpoint is not None:
         ckpt = str(checkpoint)
-        if ckpt.startswith(("http://", "https://", "file://")):
+        if ckpt.startswith(("http://", "https://")):
             if not sha256:
                 raise ValueError("A checkpoint URL needs its sha256, so the download can be checked.")
-            dest = Path(cache_dir or default_data_dir() / "cache") / "downloads" / Path(ckpt).name
-            ckpt = fetch(ckpt, dest, sha256)
+            folder = Path(cache_dir or default_data_dir() / "cache") / "downloads"
+            ckpt = download_url(ckpt, sha256, folder, progress=progress)
         load_checkpoint(model, ckpt)
         source = f"checkpoint {ckpt}"
     else:

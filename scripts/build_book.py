@@ -14,7 +14,7 @@ Also on the staged copy:
   missing) is copied into the site, so that math renders without the network. Without npm
   the build falls back to MathJax's CDN and says so; ``--strict`` refuses that.
 - ``book/reproduction.md`` gets its table from the results files next to the executed
-  notebooks (``rmd_lib.report``).
+  notebooks (``rmd_course.report``).
 - Widget state that papermill saved is dropped: the book shows static figures instead.
 - Papermill's injected-parameters cell is tagged ``remove-cell``: it stays in the executed
   notebook, and the page does not show it (nor the Colab install cell, tagged in the
@@ -22,7 +22,7 @@ Also on the staged copy:
   it renders offline; the committed notebooks keep Colab's own badge.
 - ``--audience`` picks the student book (exercise solutions hidden, assignments with their
   stubs) or the instructor book (solutions shown, the assignments' solutions and the
-  instructors' page); ``rmd_lib.course.stage_audience`` adapts the staged copy.
+  instructors' page); ``rmd_course.course.stage_audience`` adapts the staged copy.
 """
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ from pathlib import Path
 import nbformat
 import yaml
 
-from rmd_lib.course import AUDIENCES, stage_audience
-from rmd_lib.report import render_page
+from rmd_course.course import AUDIENCES, stage_audience
+from rmd_course.report import render_page
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRED = ["_config.yml", "_toc.yml", "book", "references.bib", "notebooks"]

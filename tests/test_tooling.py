@@ -349,3 +349,46 @@ def test_book_hides_injected_parameters_and_vendors_the_badge(tmp_path: Path):
     assert ET.parse(vendored).getroot().tag.endswith("svg")
     build_book.adapt_cells(path)  # a second pass changes nothing
     assert nbformat.read(path, as_version=4).cells[2].metadata["tags"].count("remove-cell") == 1
+
+
+def test_pages_workflow_caches_wheels_node_modules_and_models():
+    """The Pages build restores what the last run built, keyed so that a change rebuilds it."""
+    import re
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    flow = yaml.safe_load((root / ".github/workflows/pages.yml").read_text())
+    triggers = flow.get("on", flow.get(True))  # PyYAML reads the key `on` as True
+    crons = [entry["cron"] for entry in triggers["schedule"]]
+    assert len(crons) == 1 and re.fullmatch(r"\d+ \d+ \* \* [0-6]", crons[0]), crons  # weekly
+    assert "push" in triggers
+    build = flow["jobs"]["build"]
+    steps = build["steps"]
+    caches = {s["with"]["path"]: (i, s["with"]) for i, s in enumerate(steps)
+              if s.get("uses", "").startswith("actions/cache@")}
+    assert set(caches) == {"~/.cache/pip", "node_modules", "data/cache"}, caches
+    book = next(i for i, s in enumerate(steps) if s.get("run") == "make book")
+    assert all(i < book for i, _ in caches.values()), "restore the caches before the build"
+
+    def hashed(key: str) -> list[str]:
+        files = re.findall(r"hashFiles\(([^)]*)\)", key)
+        assert files, f"cache key {key!r} hashes no files"
+        return [f.strip().strip("'\"") for part in files for f in part.split(",")]
+
+    pip_key = caches["~/.cache/pip"][1]["key"]
+    assert {"pyproject.toml", "Makefile"} <= set(hashed(pip_key))  # Makefile pins torchattacks
+    assert hashed(caches["node_modules"][1]["key"]) == ["package-lock.json"]
+    models = caches["data/cache"][1]
+    assert "rmd_lib/**/*.py" in hashed(models["key"]) and "${{ env.PROFILE }}" in models["key"]
+    assert "restore-keys" not in models, "a model cached for other code must not be restored"
+    # Every hashed pattern matches files, and the paths are the ones the build uses.
+    for pattern in hashed(pip_key) + hashed(models["key"]) + ["package-lock.json"]:
+        assert list(root.glob(pattern)), f"{pattern} matches no file"
+    makefile = (root / "Makefile").read_text()
+    assert build["env"]["PROFILE"] == "standard" and "PROFILE ?= standard" in makefile
+    assert "node_modules/mathjax" in makefile
+    # The models land in data/cache: the repository's data/ is the data folder when
+    # RMD_DATA_DIR is unset, and the model cache is its cache/.
+    assert (root / "data").is_dir() and "RMD_DATA_DIR" not in build["env"]
+    assert 'default_data_dir() / "cache"' in (root / "rmd_lib" / "training.py").read_text()

@@ -110,7 +110,7 @@ def test_pretrained_or_train_generator(tiny_mnist, tiny_profile, tmp_path):
     assert x.shape == (2, 1, 28, 28)
 
 
-def test_checkpoint_goes_through_the_same_call(tiny_mnist, tiny_profile, tmp_path):
+def test_checkpoint_goes_through_the_same_call(tiny_mnist, tiny_profile, tmp_path, http_server):
     set_seed(5)
     src = MnistClassifier()
     ckpt = save_checkpoint(src, tmp_path / "mine.safetensors")
@@ -120,10 +120,12 @@ def test_checkpoint_goes_through_the_same_call(tiny_mnist, tiny_profile, tmp_pat
     assert same_weights(net, src)
     assert not (tmp_path / "cache").exists()  # nothing was trained or cached
 
-    # A URL checkpoint needs its SHA-256, and is fetched into the cache and checked.
+    # A URL checkpoint needs its SHA-256, and is downloaded into the cache and checked.
+    (http_server.folder / ckpt.name).write_bytes(ckpt.read_bytes())
+    url = http_server.url(ckpt.name)
     with pytest.raises(ValueError, match="sha256"):
-        pretrained_or_train("classifier", tiny_mnist, tiny_profile, checkpoint=ckpt.as_uri(), **kw)
-    net2 = pretrained_or_train("classifier", tiny_mnist, tiny_profile, checkpoint=ckpt.as_uri(),
+        pretrained_or_train("classifier", tiny_mnist, tiny_profile, checkpoint=url, **kw)
+    net2 = pretrained_or_train("classifier", tiny_mnist, tiny_profile, checkpoint=url,
                                sha256=sha256_file(ckpt), **kw)
     assert same_weights(net2, src)
     assert (tmp_path / "cache" / "downloads" / "mine.safetensors").exists()
@@ -275,7 +277,7 @@ def test_pretrained_or_train_keeps_the_callers_rng_and_the_weights(kind, tiny_mn
 
 
 def test_toy_classifier_keeps_the_callers_rng():
-    from rmd_lib.course import toy_classifier, toy_images
+    from rmd_course.toys import toy_classifier, toy_images
     x, y = toy_images(30, seed=1)
     torch.manual_seed(5)
     before = torch.get_rng_state()

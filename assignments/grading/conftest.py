@@ -7,7 +7,7 @@ Options:
 
 A test module test_<assignment>.py (or hidden/test_<assignment>_hidden.py) gets that
 assignment's submission from the fixture ``sub``. Only the submission's imports, functions,
-classes and upper-case constants are loaded (see rmd_lib.course.module_source).
+classes and upper-case constants are loaded (see rmd_course.course.module_source).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from rmd_lib.course import load_submission
+from rmd_course.course import load_submission
 
 _loaded: dict[str, object] = {}
 _RESULT = pytest.StashKey[dict]()  # one test's outcome, filled phase by phase

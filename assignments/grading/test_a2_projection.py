@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from rmd_lib.course import ToyGenerator, toy_range_classifier
+from rmd_course.toys import ToyGenerator, toy_range_classifier
 
 
 class Counting(nn.Module):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from rmd_lib.course import ToyGenerator, random_pairs_at_budget, toy_range_classifier
+from rmd_course.toys import ToyGenerator, random_pairs_at_budget, toy_range_classifier
 
 
 class Counting(nn.Module):

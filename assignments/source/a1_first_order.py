@@ -45,7 +45,7 @@ if "google.colab" in sys.modules:
 import torch
 from torch.nn import functional as F
 
-from rmd_lib.course import RippleClassifier, toy_classifier, toy_images
+from rmd_course.toys import RippleClassifier, toy_classifier, toy_images
 
 # %% [markdown]
 # ## The attacker's problem
@@ -189,7 +189,7 @@ def pgd(model, x, y, eps, norm="linf", steps=20, alpha=None, random_start=True, 
 #
 # A toy problem: three classes of 8x8 images, a small MLP, and a ripple on its logits that
 # hardly changes a prediction but dominates the local gradient (see
-# `rmd_lib.course.RippleClassifier`). The cells below raise `NotImplementedError` until you
+# `rmd_course.toys.RippleClassifier`). The cells below raise `NotImplementedError` until you
 # have written the functions.
 
 # %%

@@ -47,7 +47,7 @@ if "google.colab" in sys.modules:
 # %%
 import torch
 
-from rmd_lib.course import ToyGenerator, toy_range_classifier
+from rmd_course.toys import ToyGenerator, toy_range_classifier
 
 # %% [markdown]
 # ## 1. The loss, one value per row (graded)
@@ -145,7 +145,7 @@ def invert_and_classify(G, classifier, x, restarts=10, steps=200, lr=0.1, seed=0
 # ## Self-checks
 #
 # Two toy generators on 8x8 images with a 2-dimensional latent space
-# (`rmd_lib.course.ToyGenerator`): a smooth one, and a folded one (`wiggle=1`) whose loss
+# (`rmd_course.toys.ToyGenerator`): a smooth one, and a folded one (`wiggle=1`) whose loss
 # has many local minima. The cells raise `NotImplementedError` until your functions exist.
 
 # %%

@@ -50,7 +50,7 @@ if "google.colab" in sys.modules:
 # %%
 import torch
 
-from rmd_lib.course import ToyGenerator, random_pairs_at_budget, toy_range_classifier
+from rmd_course.toys import ToyGenerator, random_pairs_at_budget, toy_range_classifier
 
 # %% [markdown]
 # ## 1. The divergence (graded)
@@ -138,8 +138,8 @@ def minmax_pairs(G, C, eps, n=64, steps=200, lr=0.05, lam_init=1.0, lam_rate=1.0
 # ## Self-checks
 #
 # A smooth toy generator with a 2-dimensional latent space and a classifier of its images
-# whose label is the sign of $z_0$ (`rmd_lib.course.toy_range_classifier`). The baseline is
-# random pairs *at* the budget (`rmd_lib.course.random_pairs_at_budget`): a random start
+# whose label is the sign of $z_0$ (`rmd_course.toys.toy_range_classifier`). The baseline is
+# random pairs *at* the budget (`rmd_course.toys.random_pairs_at_budget`): a random start
 # and a random latent direction, scaled by bisection until the two images are exactly
 # $\epsilon$ apart. The cells raise `NotImplementedError` until your functions exist.
 

@@ -53,7 +53,7 @@ if "google.colab" in sys.modules:
 import torch
 from torch.nn import functional as F
 
-from rmd_lib.course import OffGridClassifier, quantize, toy_classifier, toy_images
+from rmd_course.toys import OffGridClassifier, quantize, toy_classifier, toy_images
 
 # %% [markdown]
 # ## 1. The BPDA wrapper (graded)
@@ -142,9 +142,9 @@ def evaluate_defense(defense, classifier, x, y, eps, steps=20):
 # %% [markdown]
 # ## Self-checks
 #
-# The defense rounds pixels to 5 levels (`rmd_lib.course.quantize`). Its classifier was fit to
+# The defense rounds pixels to 5 levels (`rmd_course.toys.quantize`). Its classifier was fit to
 # quantised images only, so nothing constrains it between grid points;
-# `rmd_lib.course.OffGridClassifier` makes that concrete with a term that vanishes, with its
+# `rmd_course.toys.OffGridClassifier` makes that concrete with a term that vanishes, with its
 # gradient, on the grid and dominates off it. Behind the defense the term is invisible. The
 # cells raise `NotImplementedError` until your functions exist.
 

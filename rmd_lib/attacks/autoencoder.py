@@ -14,7 +14,7 @@ from torch import nn
 
 from ..checks import check_images, check_positive_int, model_device
 from ..models import Encoder
-from ..training import _fit, seeded
+from ..training import fit_adam, seeded
 
 __all__ = ["train_encoder", "EncoderSubstitute"]
 
@@ -54,7 +54,7 @@ def train_encoder(G: nn.Module, x: torch.Tensor, z_star: torch.Tensor, *, epochs
                 + latent_weight * (z - z_star[idx]).pow(2).mean())
 
     try:
-        _fit(encoder, len(x), batch_loss, epochs=epochs, batch_size=batch_size, lr=lr,
+        fit_adam(encoder, len(x), batch_loss, epochs=epochs, batch_size=batch_size, lr=lr,
              seed=seed, desc="encoder", progress=progress)
     finally:
         for p, flag in zip(G.parameters(), trainable):

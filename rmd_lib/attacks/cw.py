@@ -12,15 +12,10 @@ import math
 import torch
 
 from ..checks import check_eps, check_positive, check_positive_int
-from .first_order import _check, project_ball
+from .common import check_attack_args, cw_margin
+from .first_order import project_ball
 
 __all__ = ["cw_l2"]
-
-
-def _margin(logits: torch.Tensor, y: torch.Tensor, kappa: float) -> torch.Tensor:
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    other = logits.scatter(1, y[:, None], -math.inf).amax(dim=1)
-    return (true - other).clamp(min=-kappa)
 
 
 def cw_l2(model, x: torch.Tensor, y: torch.Tensor, eps: float = math.inf, *, norm: str = "l2",
@@ -38,7 +33,7 @@ def cw_l2(model, x: torch.Tensor, y: torch.Tensor, eps: float = math.inf, *, nor
     if norm != "l2":
         raise ValueError(f"cw_l2 is an L2 attack; norm must be 'l2', got {norm!r}.")
     unbounded = eps == math.inf
-    y, eps = _check(model, x, y, 0.0 if unbounded else eps, norm)
+    y, eps = check_attack_args(model, x, y, 0.0 if unbounded else eps, norm)
     steps = check_positive_int(steps, "steps")
     binary_steps = check_positive_int(binary_steps, "binary_steps")
     kappa = check_eps(kappa, "kappa")
@@ -61,7 +56,7 @@ def cw_l2(model, x: torch.Tensor, y: torch.Tensor, eps: float = math.inf, *, nor
                 x_adv = (torch.tanh(w) + 1) / 2
                 l2 = (x_adv - x).flatten(1).pow(2).sum(dim=1)
                 logits = model(x_adv)
-                margin = _margin(logits, y, kappa)
+                margin = cw_margin(logits, y, kappa)
                 loss = (l2 + c * margin).sum()
                 # The gradient of w alone: the model's weights get no .grad (and none is computed).
                 w.grad, = torch.autograd.grad(loss, w)

@@ -7,34 +7,14 @@ and ``eps`` the budget. The output always lies in the eps-ball around x and in [
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
-from ..checks import check_eps, check_images, check_labels, check_positive_int, count_classes
+from ..checks import check_eps, check_positive_int
 from ..memory import budget_bytes, rows_per_chunk, saved_bytes
 from ..randomness import as_indices, chunked, per_image, randomised
+from .common import NORMS, check_attack_args
 
 __all__ = ["fgsm", "bim", "pgd", "project_ball", "ball_sample", "input_gradient", "NORMS"]
-
-NORMS = ("linf", "l2")
-
-
-def _check(model, x, y, eps, norm, probe_classes: bool = True):
-    """Check an attack's common arguments; ``probe_classes=False`` skips the one-image
-    forward pass that checks the labels against the model's classes (for an attack that
-    counts its queries and checks them on its own first query)."""
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
-    check_images(x, "x", device=model if isinstance(model, nn.Module) else None)
-    y = check_labels(y, x.shape[0], "y")
-    if y.device != x.device:
-        raise ValueError(f"y is on {y.device} but x is on {x.device}; move y with y.to(x.device).")
-    eps = check_eps(eps)
-    # A label the model has no logit for would fail deep inside cross-entropy or gather.
-    if probe_classes:
-        check_labels(y, x.shape[0], "y", num_classes=count_classes(model, x))
-    return y, eps
-
 
 def input_gradient(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Gradient of the summed cross-entropy with respect to the input images."""
@@ -82,7 +62,7 @@ def ball_sample(shape, norm: str, generator: torch.Generator | None = None) -> t
 
 def fgsm(model, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str = "linf") -> torch.Tensor:
     """Fast gradient (sign) method: one step of size eps along the loss gradient's direction."""
-    y, eps = _check(model, x, y, eps, norm)
+    y, eps = check_attack_args(model, x, y, eps, norm)
     step = eps * _unit(input_gradient(model, x, y), norm)
     return (x + step).clamp(0.0, 1.0).detach()
 
@@ -98,7 +78,7 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str = "lin
     images attacked at once; None picks it from the memory budget (:mod:`rmd_lib.memory`)
     and what one image's gradient costs. A randomised model (BPDA on INC, DIP) sees each
     chunk as part of one call on all images, so chunks give the same examples."""
-    y, eps = _check(model, x, y, eps, norm)
+    y, eps = check_attack_args(model, x, y, eps, norm)
     steps = check_positive_int(steps, "steps")
     alpha = 2.5 * eps / steps if alpha is None else check_eps(alpha, "alpha")
     idx = as_indices(indices, len(x))

@@ -21,8 +21,8 @@ import torch
 
 from ..checks import check_eps, check_positive, check_positive_int
 from ..projection import InvertAndClassify
-from .cw import _margin
-from .first_order import _check, project_ball
+from .common import check_attack_args, cw_margin
+from .first_order import project_ball
 
 __all__ = ["latent_space_attack"]
 
@@ -48,7 +48,7 @@ def latent_space_attack(inc: InvertAndClassify, x: torch.Tensor, y: torch.Tensor
     if not isinstance(inc, InvertAndClassify):
         raise TypeError("latent_space_attack needs the InvertAndClassify defense itself (its "
                         f"generator and classifier), got {type(inc).__name__}.")
-    y, eps = _check(inc.classifier, x, y, eps, norm)
+    y, eps = check_attack_args(inc.classifier, x, y, eps, norm)
     steps = check_positive_int(steps, "steps")
     kappa = check_eps(kappa, "kappa")
     check_positive(lr, "lr", "It is Adam's step size on z; the default is 0.05.")
@@ -70,7 +70,7 @@ def latent_space_attack(inc: InvertAndClassify, x: torch.Tensor, y: torch.Tensor
         with torch.enable_grad():
             x_g = G(z)
             v = _violation(x_g - anchor, eps, norm)
-            margin = _margin(clf(x_g), y, kappa)
+            margin = cw_margin(clf(x_g), y, kappa)
             loss = (margin + lam * v).sum()
             # The gradient of z alone: G's and the classifier's weights get no .grad.
             z.grad, = torch.autograd.grad(loss, z)

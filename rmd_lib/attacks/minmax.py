@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..checks import check_eps, check_positive, check_positive_int, model_device
 from ..memory import budget_bytes, rows_per_chunk, saved_bytes
-from ..projection import _latent_dim, _sample_prior
+from ..projection import latent_dim, sample_prior
 from ..randomness import as_indices, per_image
 
 __all__ = ["MinMaxPairs", "minmax_pairs", "divergence", "DIVERGENCES"]
@@ -111,7 +111,7 @@ def minmax_pairs(G: nn.Module, C: nn.Module, eps: float, n: int = 256, *, steps:
                    "each pair within eps; with 0 the budget is never enforced. The default is 1.0.")
     if kind not in DIVERGENCES:
         raise ValueError(f"kind must be one of {DIVERGENCES}, got {kind!r}.")
-    d = _latent_dim(G)
+    d = latent_dim(G)
     device = model_device(G) or torch.device("cpu")
     fixed = z1 is not None
     if fixed:
@@ -121,11 +121,11 @@ def minmax_pairs(G: nn.Module, C: nn.Module, eps: float, n: int = 256, *, steps:
     else:
         n = check_positive_int(n, "n")
     if generator is None and seed is not None:  # per pair: its start, then its offset
-        draws = per_image(lambda g: _sample_prior(G, 2, g), seed, as_indices(indices, n))
+        draws = per_image(lambda g: sample_prior(G, 2, g), seed, as_indices(indices, n))
         start, offset = draws[:, 0], draws[:, 1]
     else:
-        start = None if fixed else _sample_prior(G, n, generator)
-        offset = _sample_prior(G, n, generator)
+        start = None if fixed else sample_prior(G, n, generator)
+        offset = sample_prior(G, n, generator)
     z1 = z1.detach().to(device) if fixed else start.to(device)
     z2 = z1 + init_scale * offset.to(device)
     options = dict(eps=eps, steps=steps, lr=lr, lam_init=lam_init, lam_rate=lam_rate,

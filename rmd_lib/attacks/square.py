@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..checks import check_labels, check_positive_int
 from ..randomness import as_indices, stream
-from .first_order import _check
+from .common import check_attack_args
 
 __all__ = ["square_attack", "square_attack_with_stats", "margin_loss", "p_schedule"]
 
@@ -179,7 +179,7 @@ def square_attack_with_stats(model, x: torch.Tensor, y: torch.Tensor, eps: float
     all of them, {0, ..., h - s} as in the paper; and an image stops at a margin below 0,
     not at 0, so that a tie is not counted as fooled.
     """
-    y, eps = _check(model, x, y, eps, norm, probe_classes=False)  # checked at the first query
+    y, eps = check_attack_args(model, x, y, eps, norm, probe_classes=False)  # checked at the first query
     queries = check_positive_int(queries, "queries")
     if p_init is None:
         p_init = P_INIT[norm]

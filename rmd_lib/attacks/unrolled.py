@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..checks import check_betas, check_images, check_positive, check_positive_int
-from ..projection import _latent_dim, _sample_prior
+from ..projection import latent_dim, sample_prior
 from ..randomness import Draws, as_indices, per_image
 
 __all__ = ["UnrolledINC", "unrolled_project"]
@@ -35,8 +35,8 @@ def unrolled_project(G: nn.Module, x: torch.Tensor, steps: int, restarts: int = 
     check_positive(lr, "lr", "It is Adam's step size in latent space; the default is 0.1.")
     check_betas(betas)
     check_images(x, "x")
-    n, d = x.shape[0], _latent_dim(G)
-    z = per_image(lambda g: _sample_prior(G, restarts, g), seed, as_indices(indices, n))
+    n, d = x.shape[0], latent_dim(G)
+    z = per_image(lambda g: sample_prior(G, restarts, g), seed, as_indices(indices, n))
     z = z.view(n * restarts, d).to(x.device, x.dtype)
     z = z.requires_grad_(True)  # a leaf, so that create_graph has something to build on
     target = x.repeat_interleave(restarts, dim=0)

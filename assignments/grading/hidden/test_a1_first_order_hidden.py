@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from rmd_lib.course import RippleClassifier, toy_classifier, toy_images
+from rmd_course.toys import RippleClassifier, toy_classifier, toy_images
 
 SHAPE = (3, 5, 7)
 

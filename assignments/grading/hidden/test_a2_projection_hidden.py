@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from rmd_lib.course import ToyGenerator
+from rmd_course.toys import ToyGenerator
 
 SHAPE = (3, 4, 4)
 

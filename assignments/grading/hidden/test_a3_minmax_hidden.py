@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from rmd_lib.course import ToyGenerator, toy_range_classifier
+from rmd_course.toys import ToyGenerator, toy_range_classifier
 
 
 def distance(G, z1, z2):

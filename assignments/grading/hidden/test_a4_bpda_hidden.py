@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from rmd_lib.course import OffGridClassifier, quantize, toy_classifier, toy_images
+from rmd_course.toys import OffGridClassifier, quantize, toy_classifier, toy_images
 
 SHAPE = (3, 4, 4)
 

@@ -5,8 +5,8 @@ is read from the chapters' results files (``<results_dir>/<chapter>.json``, writ
 :class:`rmd_lib.evaluation.Run`), and each verdict is computed from those numbers by the
 claim's rule in :data:`RULES`, whose thresholds are the module constants below.
 
-    python -m rmd_lib.report _build/standard/results --out report.md
-    python -m rmd_lib.report _build/standard/results --template book/reproduction.md --out page.md
+    python -m rmd_course.report _build/standard/results --out report.md
+    python -m rmd_course.report _build/standard/results --template book/reproduction.md --out page.md
 
 :func:`build_report` returns the generated Markdown (MyST); :func:`render_page` puts it in
 place of the :data:`PLACEHOLDER` line of a hand-written page such as ``book/reproduction.md``.
@@ -933,7 +933,7 @@ def render_page(template_text: str, results_dir: str | Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: write the report (or a whole page, with ``--template``)."""
-    ap = argparse.ArgumentParser(prog="python -m rmd_lib.report",
+    ap = argparse.ArgumentParser(prog="python -m rmd_course.report",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("results_dir", type=Path,
                     help="folder of <chapter>.json files, e.g. _build/standard/results")

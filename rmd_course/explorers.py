@@ -29,11 +29,11 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from .attacks import ATTACKS, MinMaxPairs, divergence
-from .checks import check_eps, check_images, check_labels, check_positive_int, model_device
-from .evaluation import predict
-from .plotting import image_grid
-from .projection import InvertAndClassify, _latent_dim, project
+from rmd_lib.attacks import ATTACKS, MinMaxPairs, divergence
+from rmd_lib.checks import check_eps, check_images, check_labels, check_positive_int, model_device
+from rmd_lib.evaluation import predict
+from rmd_lib.plotting import image_grid
+from rmd_lib.projection import InvertAndClassify, latent_dim, project
 
 __all__ = ["AttackSweep", "attack_sweep", "attack_explorer", "attack_explorer_figure",
            "LatentGrid", "latent_grid", "latent_walk", "latent_walk_figure",
@@ -395,7 +395,7 @@ def latent_grid(G: nn.Module, classifier: nn.Module, origin: torch.Tensor | None
     (0, 0), (1, 0) and (0, 1) are the three points. Cost: G and the classifier on n^2
     latents (121 by default), well under a second on a CPU for the book's models.
     """
-    d = _latent_dim(G)
+    d = latent_dim(G)
     _check_model(classifier, "classifier")
     n = check_positive_int(n, "n")
     if not 2 <= n <= 51:
@@ -559,7 +559,7 @@ def pair_paths(G: nn.Module, classifier: nn.Module, pairs: MinMaxPairs, n_path: 
     if not isinstance(pairs, MinMaxPairs):
         raise TypeError(f"pairs must be the MinMaxPairs that minmax_pairs returns, got "
                         f"{type(pairs).__name__}.")
-    d = _latent_dim(G)
+    d = latent_dim(G)
     _check_model(classifier, "classifier")
     if pairs.z1.shape[1] != d:
         raise ValueError(f"the pairs have {pairs.z1.shape[1]}-dimensional latents but G takes "

@@ -11,15 +11,21 @@ The student version replaces each region by ``raise NotImplementedError("<hint>"
 marker's indentation; the solution version only drops the marker lines. Both are written as
 a notebook and as an importable module of the graded definitions (see :func:`module_source`)::
 
-    python -m rmd_lib.course release                  # -> _build/assignments/{student,solution}/
-    python -m rmd_lib.course grade SUBMISSIONS --out grades.csv
+    python -m rmd_course.course release   # -> _build/assignments/{student,solution,gradescope,nbgrader}/
+    python -m rmd_course.course grade SUBMISSIONS --out grades.csv
 
-Submissions are laid out as ``SUBMISSIONS/<student>/<assignment>.ipynb`` (or ``.py``). The
-grader runs ``assignments/grading/test_<assignment>.py`` and ``hidden/test_<assignment>_hidden.py``
-on each in its own pytest process with a timeout; every test carries ``@pytest.mark.points(n)``
-and a submission earns the points of the tests it passes.
+Submissions are laid out as ``SUBMISSIONS/<student>/<assignment>.ipynb`` (or ``.py``, or
+nbgrader's ``<student>/<assignment>/<assignment>.ipynb``). The grader runs
+``assignments/grading/test_<assignment>.py`` and ``hidden/test_<assignment>_hidden.py`` on
+each in its own pytest process with a timeout; every test carries
+``@pytest.mark.points(n)`` and a submission earns the points of the tests it passes. The
+points come from a collection run that loads no submission; a submission's results are read
+from its process's report after that process has exited, and a test with two results there
+scores 0. A submission that imports the library's reference implementation of a graded
+function (``assignments/grading/references.json``) scores 0 on the tests that call it.
 
-The toy models and data that the assignments and their tests share are at the end of this file.
+The toy models and data that the assignments and their tests share are in
+:mod:`rmd_course.toys`.
 """
 from __future__ import annotations
 
@@ -27,9 +33,9 @@ import argparse
 import ast
 import copy
 import csv
+import importlib
 import json
 import linecache
-import math
 import os
 import re
 import shutil
@@ -41,10 +47,6 @@ import types
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import torch
-from torch import nn
-from torch.nn import functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_DIR = ROOT / "assignments" / "source"
@@ -241,7 +243,9 @@ def release(out_dir: Path = RELEASE_DIR, source_dir: Path = SOURCE_DIR,
 
     Per assignment and version: ``<name>.ipynb`` (unexecuted) and ``<name>.py`` (the graded
     definitions, importable). The student folder also gets ``grading/`` with the public tests
-    only (never ``hidden/``) and a README. Returns the written files per version.
+    only (never ``hidden/``) and a README. Also writes ``gradescope/<name>.zip``, the
+    Gradescope autograders, and ``nbgrader/``, nbgrader's folder layout
+    (:mod:`rmd_course.gradescope`). Returns the written files per version and per route.
     """
     import jupytext
 
@@ -270,6 +274,14 @@ def release(out_dir: Path = RELEASE_DIR, source_dir: Path = SOURCE_DIR,
         if f.is_file() and (f.suffix == ".py" or f.name == "pytest.ini"):
             shutil.copy2(f, public / f.name)
             written["student"].append(public / f.name)
+    from . import gradescope  # it imports this module
+
+    gs = out_dir / "gradescope"
+    if gs.exists():
+        shutil.rmtree(gs)
+    written["gradescope"] = gradescope.write_autograders(gs, names, grading_dir)
+    written["nbgrader"] = gradescope.write_nbgrader(out_dir / "nbgrader", out_dir / "student",
+                                                    out_dir / "solution", names)
     return written
 
 
@@ -319,16 +331,194 @@ def run_tests(submission: Path | None, names: str | list[str], report: Path, *,
 
 
 def read_report(report: Path) -> tuple[dict[str, int], dict[str, dict]]:
-    """(points per collected test, result per finished test) from a grading report."""
-    points, results = {}, {}
+    """(points per collected test, result per finished test) from a grading report.
+
+    A test with more than one result line was written to by someone besides the harness
+    (which writes one line per test): it gets the outcome "rejected".
+    """
+    points, results, seen = {}, {}, Counter()
     if Path(report).exists():
         for line in Path(report).read_text().splitlines():
-            entry = json.loads(line)
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a damaged line proves nothing; its test counts as not run
+            if not isinstance(entry, dict):
+                continue
             if "collected" in entry:
                 points.update(entry["collected"])
-            else:
+            elif isinstance(entry.get("test"), str):
+                seen[entry["test"]] += 1
                 results[entry["test"]] = entry
+    for test, n in seen.items():
+        if n > 1:
+            results[test] = dict(test=test, outcome="rejected", exception="ForgedReport",
+                                 message=f"the test report holds {n} results for this test, "
+                                 "so something besides the grader wrote to it")
     return points, results
+
+
+def collect_points(name: str, work: Path, grading_dir: Path = GRADING_DIR,
+                   timeout: float = 300) -> dict[str, int]:
+    """Points per grading test of one assignment, from a run that loads no submission.
+
+    Grades are computed from this table, never from the points a submission's own test
+    run reports. Raises RuntimeError when the tests cannot be collected.
+    """
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    report = work / f"collect-{name}.jsonl"
+    report.unlink(missing_ok=True)
+    proc = run_tests(None, name, report, grading_dir=Path(grading_dir), timeout=timeout,
+                     cwd=work, extra=["--collect-only"])
+    points = read_report(report)[0]
+    if not points:
+        tail = " | ".join((proc.stdout if proc else "timed out").strip().splitlines()[-3:])
+        raise RuntimeError(f"could not collect the grading tests of {name}: {tail}")
+    return points
+
+
+# ----------------------------------------------------------------------------------------
+# The library's reference implementations are off limits
+# ----------------------------------------------------------------------------------------
+
+LIBRARIES = ("rmd_lib",)  # packages whose names a submission's imports are resolved in
+
+
+def load_references(name: str, grading_dir: Path = GRADING_DIR) -> dict[str, list[str]]:
+    """{graded function: dotted names of the library's reference implementations} of one
+    assignment, from ``grading_dir/references.json`` (empty when there is none)."""
+    path = Path(grading_dir) / "references.json"
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text()).get(name, {})
+
+
+def _resolve(path: str):
+    """The library object a dotted name stands for, or None. Only names inside
+    :data:`LIBRARIES` are imported: a submission must not make the grader import anything."""
+    parts = path.split(".")
+    if parts[0] not in LIBRARIES:
+        return None
+    for k in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:k]))
+        except ImportError:
+            continue
+        for attr in parts[k:]:
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                return None
+        return obj
+    return None
+
+
+def _used_names(tree: ast.AST) -> tuple[set[str], set[str]]:
+    """(dotted names a module's code imports or reaches through imported names, modules it
+    star-imports or imports by a string)."""
+    bound, used, whole = {}, set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                bound[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+                used.add(a.name)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for a in node.names:
+                if a.name == "*":
+                    whole.add(node.module)
+                else:
+                    bound[a.asname or a.name] = f"{node.module}.{a.name}"
+                    used.add(f"{node.module}.{a.name}")
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str) and (
+                    (isinstance(node.func, ast.Name) and node.func.id == "__import__")
+                    or (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")):
+            whole.add(node.args[0].value)
+    for node in ast.walk(tree):
+        chain, n = [], node
+        while isinstance(n, ast.Attribute):
+            chain.append(n.attr)
+            n = n.value
+        if chain and isinstance(n, ast.Name) and n.id in bound:
+            used.add(".".join([bound[n.id], *reversed(chain)]))
+    return used, whole
+
+
+def reference_uses(module_text: str, references: dict[str, list[str]]) -> dict[str, list[str]]:
+    """{graded function: the reference implementations of it that a submission imports}.
+
+    ``module_text`` is the submission's graded module (:func:`module_source`);
+    ``references`` is :func:`load_references`'s table. An import counts wherever it is
+    (inside a function too) and under any name that reaches the same object, re-exports
+    included (``rmd_lib.attacks.pgd`` is ``rmd_lib.attacks.first_order.pgd``); a star
+    import or an import by a string counts for every reference inside that module. A name
+    built at run time (``getattr`` with a computed string) is not seen.
+    """
+    targets: dict[int, list[tuple[str, str]]] = {}
+    for func, names in references.items():
+        for ref in names:
+            obj = _resolve(ref)
+            if obj is None:
+                raise ValueError(f"references.json names {ref} for {func}, which does not "
+                                 "exist; fix the entry.")
+            targets.setdefault(id(obj), []).append((func, ref))
+    used, whole = _used_names(ast.parse(module_text))
+    found: dict[str, set[str]] = {}
+    for path in used:
+        obj = _resolve(path)
+        for func, _ in targets.get(id(obj), []) if obj is not None else []:
+            found.setdefault(func, set()).add(path)
+    for module in whole:
+        for func, names in references.items():
+            for ref in names:
+                if ref.startswith(module + ".") and module.split(".")[0] in LIBRARIES:
+                    found.setdefault(func, set()).add(module)
+    return {f: sorted(p) for f, p in sorted(found.items())}
+
+
+def _sub_names(node: ast.AST) -> set[str]:
+    return {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)
+            and isinstance(n.value, ast.Name) and n.value.id == "sub"}
+
+
+def tests_calling(test_file: Path) -> dict[str, set[str]]:
+    """{test function: the submission's names it uses}, through the file's fixtures too."""
+    tree = ast.parse(Path(test_file).read_text())
+    funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    memo: dict[str, set[str]] = {}
+
+    def names(f: str, seen: frozenset = frozenset()) -> set[str]:
+        if f not in memo:
+            node = funcs[f]
+            out = _sub_names(node)
+            for arg in node.args.args:
+                if arg.arg in funcs and arg.arg not in seen:
+                    out |= names(arg.arg, seen | {f})
+            memo[f] = out
+        return memo[f]
+
+    return {f: names(f) for f in funcs if f.startswith("test_")}
+
+
+def reject_reference_uses(results: dict[str, dict], points: dict[str, int],
+                          uses: dict[str, list[str]], grading_dir: Path = GRADING_DIR) -> dict[str, dict]:
+    """``results`` with every test that calls a function whose reference the submission
+    imports turned into a failure that says so."""
+    if not uses:
+        return results
+    results, calls = dict(results), {}
+    for test in points:
+        file, _, func = test.partition("::")
+        if file not in calls:
+            path = Path(grading_dir) / file
+            calls[file] = tests_calling(path) if path.exists() else {}
+        hit = sorted(set(calls[file].get(func.split("[")[0], ())) & set(uses))
+        if hit:
+            why = "; ".join(f"it imports {', '.join(uses[h])}, the library's reference "
+                            f"implementation of {h}" for h in hit)
+            results[test] = dict(test=test, outcome="rejected", exception="ReferenceImplementation",
+                                 message=f"scored 0: {why}. Write {', '.join(hit)} yourself.")
+    return results
 
 
 def _summary(points: dict[str, int], results: dict[str, dict]) -> tuple[str, str]:
@@ -353,31 +543,52 @@ def _summary(points: dict[str, int], results: dict[str, dict]) -> tuple[str, str
                               + ", ".join(f"{k} x{n}" for k, n in kinds.most_common()))
 
 
-def grade_one(path: Path | None, name: str, work: Path, grading_dir: Path, timeout: float) -> dict:
-    """Grade one submission: a CSV row without the student column (max_points may be None)."""
-    row = dict(assignment=name, points=0, max_points=None, status="", reason="", tests="")
+def assess(path: Path | None, name: str, work: Path, grading_dir: Path, timeout: float,
+           points: dict[str, int]) -> dict:
+    """Grade one submission against the trusted points table ``points``.
+
+    The submission runs in its own pytest process; its results are read from that process's
+    report file after it has exited, checked (:func:`read_report`) and scored here. Returns
+    status ("graded", "missing", "unreadable", "timeout", "error"), reason, points (earned),
+    max_points, results ({test: result}) and output (the pytest output's tail).
+    """
+    out = dict(status="", reason="", points=0, max_points=sum(points.values()), results={},
+               output="")
     if path is None:
-        return dict(row, status="missing", reason=f"no {name}.ipynb or {name}.py in the student's folder")
+        return dict(out, status="missing", reason=f"no {name}.ipynb or {name}.py in the student's folder")
     try:
         module = submission_module(path)
     except SubmissionError as e:
-        return dict(row, status="unreadable", reason=str(e))
+        return dict(out, status="unreadable", reason=str(e))
+    uses = reference_uses(module, load_references(name, grading_dir))
     work.mkdir(parents=True, exist_ok=True)
     (work / f"{name}.py").write_text(module)
     report = work / f"{name}.report.jsonl"
     report.unlink(missing_ok=True)
     proc = run_tests(work / f"{name}.py", name, report, grading_dir=grading_dir, timeout=timeout, cwd=work)
-    points, results = read_report(report)
-    if not points:
-        tail = " | ".join((proc.stdout if proc else "").strip().splitlines()[-3:])
+    reported, results = read_report(report)
+    output = (proc.stdout if proc else "")[-4000:]
+    if not reported and not results:
+        tail = " | ".join(output.strip().splitlines()[-3:])
         why = f"ran past the {timeout:g} s limit" if proc is None else f"pytest exited {proc.returncode}: {tail}"
-        return dict(row, status="timeout" if proc is None else "error", reason=why)
-    tests, reason = _summary(points, results)
-    earned = sum(p for t, p in points.items() if results.get(t, {}).get("outcome") == "passed")
+        return dict(out, status="timeout" if proc is None else "error", reason=why, output=output)
+    results = {t: r for t, r in results.items() if t in points}  # only the trusted tests count
+    results = reject_reference_uses(results, points, uses, grading_dir)
+    _, reason = _summary(points, results)
     status = "graded"
     if proc is None:
         status, reason = "timeout", f"ran past the {timeout:g} s limit; unfinished tests get 0. {reason}"
-    return dict(row, points=earned, max_points=sum(points.values()), status=status, reason=reason, tests=tests)
+    earned = sum(p for t, p in points.items() if results.get(t, {}).get("outcome") == "passed")
+    return dict(out, status=status, reason=reason, points=earned, results=results, output=output)
+
+
+def grade_one(path: Path | None, name: str, work: Path, grading_dir: Path, timeout: float,
+              points: dict[str, int]) -> dict:
+    """Grade one submission: a CSV row without the student column."""
+    a = assess(path, name, work, grading_dir, timeout, points)
+    tests = _summary(points, a["results"])[0] if a["status"] in ("graded", "timeout") else ""
+    return dict(assignment=name, points=a["points"], max_points=a["max_points"],
+                status=a["status"], reason=a["reason"], tests=tests)
 
 
 def find_submissions(submissions: Path, names: list[str]) -> tuple[dict[str, dict[str, Path | None]], list[str]]:
@@ -399,7 +610,15 @@ def find_submissions(submissions: Path, names: list[str]) -> tuple[dict[str, dic
         for f in sorted(entry.iterdir()):
             if f.name.startswith("."):
                 continue
-            if f.stem in names and f.suffix in (".ipynb", ".py"):
+            if f.is_dir() and f.name in names:
+                # nbgrader's layout: submitted/<student>/<assignment>/<assignment>.ipynb
+                inner = [f / f"{f.name}{ext}" for ext in (".ipynb", ".py")]
+                inner = [g for g in inner if g.is_file()]
+                if inner:
+                    files[f.name] = inner[0]
+                else:
+                    warnings.append(f"ignored {f}: it holds no {f.name}.ipynb")
+            elif f.stem in names and f.suffix in (".ipynb", ".py"):
                 # A notebook wins over a script of the same name: it is what students edit.
                 if f.stem not in files or f.suffix == ".ipynb":
                     files[f.stem] = f
@@ -434,20 +653,14 @@ def grade(submissions: Path, out: Path, *, names: list[str] | None = None,
 
         def job(task):
             student, name, path = task
-            return dict(student=student, **grade_one(path, name, work / student, Path(grading_dir), timeout))
+            return dict(student=student, **grade_one(path, name, work / student, Path(grading_dir),
+                                                     timeout, tables[name]))
 
+        # Collection loads no submission, so the per-submission limit does not apply to it.
+        tables = {n: collect_points(n, work / "_collect", Path(grading_dir))
+                  for n in sorted({t[1] for t in todo})}
         with ThreadPoolExecutor(max(1, jobs)) as pool:
             rows = list(pool.map(job, todo))
-        # Rows of unrun submissions get the assignment's maximum from a run that collected it.
-        maxima = {r["assignment"]: r["max_points"] for r in rows if r["max_points"] is not None}
-        for name in sorted({r["assignment"] for r in rows} - set(maxima)):
-            report = work / f"collect-{name}.jsonl"
-            report.unlink(missing_ok=True)
-            run_tests(None, name, report, grading_dir=Path(grading_dir), timeout=timeout,
-                      cwd=work, extra=["--collect-only"])
-            maxima[name] = sum(read_report(report)[0].values()) or None
-    for r in rows:
-        r["max_points"] = maxima.get(r["assignment"]) if r["max_points"] is None else r["max_points"]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as fh:
@@ -487,7 +700,7 @@ def reading_page(nb) -> str:
 
     Not a notebook on purpose: the book's launch buttons would send readers to
     ``assignments/<name>.ipynb`` on GitHub, which exists only in the releases that
-    ``python -m rmd_lib.course release`` writes and instructors hand out.
+    ``python -m rmd_course.course release`` writes and instructors hand out.
     """
     blocks = []
     for cell in nb.cells:
@@ -530,150 +743,11 @@ def stage_audience(stage: Path, audience: str, source_dir: Path = SOURCE_DIR) ->
 
 
 # ----------------------------------------------------------------------------------------
-# Toy models and data of the assignments (tiny, seeded, CPU-fast, no download)
-# ----------------------------------------------------------------------------------------
-
-def toy_images(n: int = 256, shape: tuple[int, ...] = (1, 8, 8), classes: int = 3,
-               spread: float = 0.1, noise: float = 0.2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Labelled synthetic images: class k is a fixed random pattern around gray plus pixel noise.
-
-    Returns x (n, *shape) in [0, 1] and y (n,) int64 cycling through 0..classes-1. The same
-    seed gives the same patterns, so train and test sets are slices of one call.
-    """
-    g = torch.Generator().manual_seed(seed)
-    patterns = 0.5 + spread * torch.randn(classes, *shape, generator=g)
-    y = torch.arange(n) % classes
-    x = (patterns[y] + noise * torch.randn(n, *shape, generator=g)).clamp(0.0, 1.0)
-    return x, y
-
-
-def toy_classifier(x: torch.Tensor, y: torch.Tensor, hidden: int = 32, steps: int = 200,
-                   lr: float = 0.02, seed: int = 0) -> nn.Module:
-    """A one-hidden-layer tanh MLP fit to (x, y) by full-batch Adam; frozen, in eval mode."""
-    # Seeded weights without touching the caller's RNG; torch.manual_seed seeds the GPUs
-    # too, so their states are forked as well where there are any.
-    gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=gpus):
-        torch.manual_seed(seed)
-        net = nn.Sequential(nn.Flatten(), nn.Linear(x[0].numel(), hidden), nn.Tanh(),
-                            nn.Linear(hidden, int(y.max()) + 1)).to(x.device)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    with torch.enable_grad():
-        for _ in range(steps):
-            opt.zero_grad()
-            F.cross_entropy(net(x), y).backward()
-            opt.step()
-    return net.eval().requires_grad_(False)
-
-
-class RippleClassifier(nn.Module):
-    """A classifier plus a small high-frequency ripple on its logits:
-    ``base(x) + amp * sin(freq * x.flatten(1) @ U)``.
-
-    The ripple barely moves the predictions but dominates the local gradient, the kind of
-    surface that FGSM adversarial training leaves behind: one gradient step is misled, many
-    small ones are not. Logits (N, K) for x (N, *shape) in [0, 1].
-    """
-
-    def __init__(self, base: nn.Module, shape: tuple[int, ...], classes: int,
-                 amp: float = 0.5, freq: float = 50.0, seed: int = 0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        pixels = math.prod(shape)
-        self.base, self.amp, self.freq = base, amp, freq
-        self.register_buffer("U", torch.randn(pixels, classes, generator=g) / math.sqrt(pixels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.amp * torch.sin(self.freq * x.flatten(1) @ self.U)
-
-
-class ToyGenerator(nn.Module):
-    """G(z) = sigmoid(W z + b + wiggle * V sin(freq * z)): latents (B, latent_dim) to images
-    (B, *shape) in (0, 1).
-
-    With ``wiggle=0`` it is one smooth layer and the projection problem has a single basin; a
-    larger ``wiggle`` folds the range so that gradient descent from one start often stops in
-    a local minimum. Has ``latent_dim`` and ``sample_latent`` like the book's generators.
-    """
-
-    def __init__(self, latent_dim: int = 2, shape: tuple[int, ...] = (1, 8, 8),
-                 wiggle: float = 0.0, freq: float = 3.0, seed: int = 0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        pixels = math.prod(shape)
-        self.latent_dim, self.shape, self.wiggle, self.freq = latent_dim, tuple(shape), wiggle, freq
-        self.register_buffer("W", torch.randn(pixels, latent_dim, generator=g) / math.sqrt(latent_dim))
-        self.register_buffer("V", torch.randn(pixels, latent_dim, generator=g) / math.sqrt(latent_dim))
-        self.register_buffer("b", 0.1 * torch.randn(pixels, generator=g))
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = z @ self.W.T + self.b + self.wiggle * torch.sin(self.freq * z) @ self.V.T
-        return torch.sigmoid(h).view(-1, *self.shape)
-
-    def sample_latent(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        return torch.randn(n, self.latent_dim, generator=generator).to(device or self.W.device)
-
-
-def toy_range_classifier(G: ToyGenerator, n: int = 512, classes: int = 3, seed: int = 0) -> nn.Module:
-    """A classifier of G's images whose label is the largest of the first ``classes`` latent
-    coordinates (the sign of z_0 for a 1- or 2-dimensional latent)."""
-    z = G.sample_latent(n, torch.Generator().manual_seed(seed))
-    y = z[:, :classes].argmax(dim=1) if G.latent_dim >= 3 else (z[:, 0] > 0).long()
-    with torch.no_grad():
-        x = G(z)
-    return toy_classifier(x, y, steps=300, seed=seed)
-
-
-def random_pairs_at_budget(G: nn.Module, eps: float, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Baseline latent pairs (z1, z2), each (n, latent_dim), with ||G(z1) - G(z2)||_2 = eps.
-
-    A random start and a random latent direction per pair, scaled by bisection until the
-    two images are eps apart (to 2**-40 of the search interval [0, 10]).
-    """
-    g = torch.Generator().manual_seed(seed)
-    z1, u = torch.randn(n, G.latent_dim, generator=g), torch.randn(n, G.latent_dim, generator=g)
-    lo, hi = torch.zeros(n), torch.full((n,), 10.0)
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        with torch.no_grad():
-            inside = (G(z1) - G(z1 + mid[:, None] * u)).flatten(1).norm(dim=1) <= eps
-        lo, hi = torch.where(inside, mid, lo), torch.where(inside, hi, mid)
-    return z1, z1 + lo[:, None] * u
-
-
-def quantize(x: torch.Tensor, levels: int = 5) -> torch.Tensor:
-    """Round pixels in [0, 1] to ``levels`` evenly spaced values: a non-differentiable defense
-    (its gradient is zero almost everywhere). Same shape as x."""
-    return torch.round(x * (levels - 1)) / (levels - 1)
-
-
-class OffGridClassifier(nn.Module):
-    """A classifier meant to sit behind :func:`quantize`: ``base(x) + strength * sin^2(pi (levels-1) x) @ R``.
-
-    On the quantisation grid the extra term and its gradient vanish, so behind the defense it
-    is ``base``. Between grid points, where a classifier trained on quantised images was never
-    constrained, the term dominates both value and gradient: attacks crafted on the bare
-    classifier follow it and transfer badly. Logits (N, K) for x (N, *shape).
-    """
-
-    def __init__(self, base: nn.Module, shape: tuple[int, ...], classes: int, levels: int = 5,
-                 strength: float = 1.0, seed: int = 0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.base, self.levels, self.strength = base, levels, strength
-        self.register_buffer("R", torch.randn(math.prod(shape), classes, generator=g))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        off_grid = torch.sin(math.pi * (self.levels - 1) * x).pow(2).flatten(1)
-        return self.base(x) + self.strength * off_grid @ self.R
-
-
-# ----------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rmd_lib.course",
+    ap = argparse.ArgumentParser(prog="python -m rmd_course.course",
                                  description="Release the course assignments and grade submissions.")
     sub = ap.add_subparsers(dest="command", required=True)
     rel = sub.add_parser("release", help="write the student and solution versions of the assignments")
@@ -697,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         rows = grade(args.submissions, args.out, names=args.assignments, grading_dir=args.grading,
                      timeout=args.timeout, jobs=args.jobs, work=args.work)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for r in rows:
