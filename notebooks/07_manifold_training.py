@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -53,10 +53,12 @@ if "google.colab" in sys.modules:
     import subprocess
 
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "git+https://github.com/rmd-course/robust-manifold-defense-book"], check=True)
+                    "git+https://github.com/rmd-course/robust-manifold-defense-book"],
+                   check=True)
 
 # %% tags=["parameters"]
-profile = "auto"      # "smoke" (CI), "standard" (CPU), "colab" (a T4), "paper"; "auto": colab on CUDA
+profile = "auto"      # "smoke" (CI), "standard" (CPU), "colab" (a T4), "paper";
+                      # "auto": colab on CUDA
 seed = 0
 dataset = "all"       # "mnist", "fashion_mnist", a comma-separated list, or "all"
 device = "auto"       # "auto", "cpu" or "cuda"
@@ -84,7 +86,8 @@ set_style()
 run = start_run("manifold_training", profile, seed, device, results_dir)
 P, dev = run.profile, run.device
 names = dataset_names(dataset)
-setups = prepare(run, names, generator=generator, data_dir=data_dir, cache_dir=cache_dir)
+setups = prepare(run, names, generator=generator, data_dir=data_dir,
+                 cache_dir=cache_dir)
 CLASSIFIERS = ("standard", "manifold", "PGD")
 
 # %% tags=["remove-input"]
@@ -116,11 +119,13 @@ for ax, name in zip(axes[0], names):
     for k, label in enumerate(("manifold", "PGD")):
         hist = models[name][label].history
         if hist:
-            ax.plot(hist["cross_entropy"], color=f"C{k}", label=f"{label}: cross-entropy")
+            ax.plot(hist["cross_entropy"], color=f"C{k}",
+                    label=f"{label}: cross-entropy")
         if hist.get("pair_divergence"):
             ax.plot(hist["pair_divergence"], color=f"C{k}", ls="--",
                     label=f"{label}: pair divergence")
-    ax.set_title(name), ax.set_xlabel("step"), ax.set_yscale("log"), ax.legend(fontsize=7)
+    ax.set_title(name), ax.set_xlabel("step")
+    ax.set_yscale("log"), ax.legend(fontsize=7)
 plt.tight_layout()
 plt.show()
 
@@ -158,7 +163,8 @@ def attacks_for(s, clf):
     return {
         "FGSM (transfer)": lambda x, y, e, n: fgsm(clf, x, y, e, norm=n),
         "PGD (transfer)": lambda x, y, e, n: pgd(clf, x, y, e, norm=n, **steps),
-        "tangent BPDA+EOT": lambda x, y, e, n: pgd(BPDA(mirror, P.eot_samples, backward="tangent"),
+        "tangent BPDA+EOT": lambda x, y, e, n: pgd(BPDA(mirror, P.eot_samples,
+                                                        backward="tangent"),
                                                    x, y, e, norm=n, **steps),
     }
 
@@ -169,7 +175,8 @@ with run.timer("evaluation"):
     for name, s in setups.items():
         x, y = s.test_images(P.n_adaptive, dev)
         xt, yt = s.data.x_test.to(dev), s.data.y_test.to(dev)
-        proj = s.inc(P, seed).project(x)  # INC's projection does not depend on the classifier
+        # INC's projection does not depend on the classifier
+        proj = s.inc(P, seed).project(x)
         projections[name] = proj
         z_a, z_b = path_endpoints(proj.z, y, P.n_paths)
         rows, robust[name], paths[name] = [], {}, {}
@@ -178,7 +185,8 @@ with run.timer("evaluation"):
         for (label, clf), summary in zip(models[name].items(), pair_rows):
             defense = s.inc(P, seed)
             defense.classifier = clf
-            table = robust_accuracy_table(defense, x, y, attacks_for(s, clf), [EPS], norm="l2")
+            table = robust_accuracy_table(defense, x, y, attacks_for(s, clf), [EPS],
+                                          norm="l2")
             robust[name][label] = table[0]
             images, probs = confidence_path(s.G, clf, z_a, z_b, n=33)
             stats = path_statistics(probs)
@@ -189,21 +197,27 @@ with run.timer("evaluation"):
                 "pairs: different among valid": summary["different among valid"],
                 "pairs: mean divergence": summary["mean divergence (valid)"],
                 "white-box PGD": accuracy(clf, pgd(clf, x, y, EPS, norm="l2",
-                                                   steps=P.adaptive_steps, seed=seed), y),
+                                                   steps=P.adaptive_steps,
+                                                   seed=seed), y),
                 "INC clean": accuracy(clf, proj.x_hat, y),
-                **{f"INC {k}": v for k, v in table[0].items() if k not in ("norm", "eps")},
+                **{f"INC {k}": v for k, v in table[0].items()
+                   if k not in ("norm", "eps")},
                 "path max slope": stats.max_slope, "path uncertain": stats.uncertain,
             })
         tables[name] = rows
-        display(Markdown(f"**{name}**: pairs at $L_2$ {P.at_eps:g}; attacks at $L_2$ {EPS:g} "
+        display(Markdown(f"**{name}**: pairs at $L_2$ {P.at_eps:g}; "
+                         f"attacks at $L_2$ {EPS:g} "
                          f"({P.n_adaptive} images for INC and white-box PGD)\n\n"
                          + markdown_table(rows)))
-        display(Markdown("Pairs, paired over the same starting latents, against the standard "
-                         "classifier (mean difference and 95% interval):\n\n" + "\n".join(
-            f"- {label}: score {d['score']['mean']:+.3f} ({d['score']['low']:+.3f} to "
-            f"{d['score']['high']:+.3f}); success {d['success']['mean']:+.3f} "
-            f"({d['success']['low']:+.3f} to {d['success']['high']:+.3f}, McNemar "
-            f"p = {d['success']['p_mcnemar']:.2g})" for label, d in paired[name].items())))
+        display(Markdown("Pairs, paired over the same starting latents, against the "
+                         "standard classifier (mean difference and 95% interval):\n\n"
+                         + "\n".join(
+            f"- {label}: score {d['score']['mean']:+.3f} "
+            f"({d['score']['low']:+.3f} to {d['score']['high']:+.3f}); "
+            f"success {d['success']['mean']:+.3f} "
+            f"({d['success']['low']:+.3f} to {d['success']['high']:+.3f}, "
+            f"McNemar p = {d['success']['p_mcnemar']:.2g})"
+            for label, d in paired[name].items())))
 
 # %% [markdown]
 # ## The softer boundary
@@ -219,24 +233,28 @@ with run.timer("evaluation"):
 # %%
 fig, axes = plt.subplots(len(names), 4, figsize=(13, 3 * len(names)), squeeze=False)
 for i, name in enumerate(names):
-    start_p = {label: start_class_probability(paths[name][label]).cpu() for label in CLASSIFIERS}
+    start_p = {label: start_class_probability(paths[name][label]).cpu()
+               for label in CLASSIFIERS}
     t = torch.linspace(0, 1, start_p["standard"].shape[1])
     for j in range(3):
         ax = axes[i][j]
         for k, label in enumerate(CLASSIFIERS):
             ax.plot(t, start_p[label][j], color=f"C{k}", label=label)
-        ax.set_ylim(-0.02, 1.02), ax.set_xlabel("t"), ax.set_title(f"{name}, path {j + 1}")
+        ax.set_ylim(-0.02, 1.02), ax.set_xlabel("t")
+        ax.set_title(f"{name}, path {j + 1}")
     ax = axes[i][3]
     for k, label in enumerate(CLASSIFIERS):
         ax.plot(t, start_p[label].mean(0), color=f"C{k}", label=label)
-    ax.set_ylim(-0.02, 1.02), ax.set_xlabel("t"), ax.set_title(f"{name}: mean over paths")
+    ax.set_ylim(-0.02, 1.02), ax.set_xlabel("t")
+    ax.set_title(f"{name}: mean over paths")
     axes[i][0].set_ylabel("probability of the start class")
 axes[0][3].legend(fontsize=8)
 plt.tight_layout()
 plt.show()
 
 for name, s in setups.items():
-    z_a, z_b = path_endpoints(projections[name].z, s.test_images(P.n_adaptive, dev)[1], 1)
+    z_a, z_b = path_endpoints(projections[name].z,
+                              s.test_images(P.n_adaptive, dev)[1], 1)
     images, _ = confidence_path(s.G, s.classifier, z_a, z_b, n=11)
     image_grid([images[0]], suptitle=f"{name}: path 1, t = 0, 0.1, ..., 1")
     plt.show()
@@ -257,29 +275,35 @@ for name in names:
     by = {r["classifier"]: r for r in tables[name]}
     for label, r in by.items():
         key = f"{name}_{label.lower()}"
-        for column, short in (("clean", "clean"), ("pairs: valid and different", "pair_success"),
+        for column, short in (("clean", "clean"),
+                              ("pairs: valid and different", "pair_success"),
                               ("pairs: different among valid", "pair_different"),
                               ("pairs: mean divergence", "pair_divergence"),
-                              ("white-box PGD", "whitebox_pgd"), ("INC clean", "inc_clean"),
+                              ("white-box PGD", "whitebox_pgd"),
+                              ("INC clean", "inc_clean"),
                               ("INC worst case", "inc_worst_case"),
-                              ("path max slope", "path_slope"), ("path uncertain", "path_uncertain")):
+                              ("path max slope", "path_slope"),
+                              ("path uncertain", "path_uncertain")):
             if r[column] == r[column]:  # NaN (no valid pair) is left out
                 headline[f"{key}_{short}"] = r[column]
     base, man = by["standard"], by["manifold"]
     if P.name != "smoke":
-        for key, what in (("score", "mean pair score (divergence where valid, else 0)"),
-                          ("success", "share of searches valid and classified differently")):
+        for key, what in (
+                ("score", "mean pair score (divergence where valid, else 0)"),
+                ("success", "share of searches valid and classified differently")):
             d = paired[name]["manifold"][key]
-            run.claim(f"{name}: {what}, manifold minus standard (upper end of the paired 95% "
-                      "interval)", d["high"], "<", 0,
-                      why="the paper: training on the pairs softens the boundary; a decrease "
-                          "is claimed only when the paired interval excludes zero",
+            run.claim(f"{name}: {what}, manifold minus standard "
+                      "(upper end of the paired 95% interval)", d["high"], "<", 0,
+                      why="the paper: training on the pairs softens the boundary; "
+                          "a decrease is claimed only when the paired interval "
+                          "excludes zero",
                       detail=f"mean {d['mean']:+.3f}, interval {d['low']:+.3f} to "
                              f"{d['high']:+.3f}, n = {d['n']}")
         run.claim(f"{name}: clean accuracy lost to manifold training",
                   base["clean"] - man["clean"], "<=", 0.02,
-                  why="the paper: no loss of accuracy; 2 points allowed, about twice the "
-                      f"standard error of an accuracy near 0.9 over {P.n_test} images")
+                  why="the paper: no loss of accuracy; 2 points allowed, about twice "
+                      "the standard error of an accuracy near 0.9 over "
+                      f"{P.n_test} images")
 run.write(headline, comparison=tables, robust_accuracy=robust, paired_pairs=paired)
 run.report_claims()
 
@@ -297,11 +321,14 @@ for name in names:
         r, b = by[label], by["standard"]
         deltas.append({"dataset": name, "fine-tuning": label,
                        "clean": 100 * (r["clean"] - b["clean"]),
-                       "pairs: different among valid": 100 * (r["pairs: different among valid"]
-                                                               - b["pairs: different among valid"]),
-                       "pairs: mean divergence": r["pairs: mean divergence"] - b["pairs: mean divergence"],
+                       "pairs: different among valid":
+                           100 * (r["pairs: different among valid"]
+                                  - b["pairs: different among valid"]),
+                       "pairs: mean divergence":
+                           r["pairs: mean divergence"] - b["pairs: mean divergence"],
                        "white-box PGD": 100 * (r["white-box PGD"] - b["white-box PGD"]),
-                       "INC worst case": 100 * (r["INC worst case"] - b["INC worst case"])})
+                       "INC worst case":
+                           100 * (r["INC worst case"] - b["INC worst case"])})
 display(Markdown(markdown_table(deltas, digits=1)))
 
 # %% [markdown]
