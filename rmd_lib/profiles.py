@@ -95,6 +95,12 @@ class Profile:
     # fine-tuned for the same at_steps steps
     pgd_at_eps: float = 1.5
     pgd_at_attack_steps: int = 10
+    # the authors' variant: PGD training resumed from the PGD classifier for
+    # at_authors_steps steps (None: at_steps), plus the pair term (pairs as above) with
+    # this weight (the authors' code: 1e-2), masked on the pairs that are valid and
+    # labelled differently
+    at_authors_steps: int | None = None
+    at_authors_weight: float = 1e-2
     # latent paths drawn for the confidence-along-a-path figure
     n_paths: int = 64
     # BEGAN, the faces chapter's generator: iterations, width n, output resolution, batch.
@@ -253,8 +259,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 _ITERATIONS = ("classifier_epochs", "vae_epochs", "gan_iters", "proj_steps", "bim_steps",
                "cw_steps", "cw_binary_steps", "adaptive_steps", "latent_steps", "sub_rounds",
                "sub_epochs", "enc_epochs", "minmax_steps", "at_steps", "at_pair_steps",
-               "pgd_at_attack_steps", "began_iters", "dip_steps", "dip_bim_steps",
-               "dip_bpda_steps")
+               "pgd_at_attack_steps", "at_authors_steps", "began_iters", "dip_steps",
+               "dip_bim_steps", "dip_bpda_steps")
 
 
 def dry_run(profile: Profile) -> Profile:
