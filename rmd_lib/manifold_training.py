@@ -253,7 +253,7 @@ def pair_scores(pairs) -> tuple[torch.Tensor, torch.Tensor]:
 
 def compare_pairs(G: nn.Module, classifiers: dict, eps: float, n: int, *, steps: int,
                   seed: int = 0, baseline: str | None = None, kind: str = "sym_kl",
-                  **options) -> tuple[list[dict], dict]:
+                  return_scores: bool = False, **options) -> tuple:
     """The same min-max search against each classifier, paired search by search.
 
     Every classifier gets the same ``n`` starting latents (the same ``seed``), and every
@@ -266,7 +266,9 @@ def compare_pairs(G: nn.Module, classifiers: dict, eps: float, n: int, *, steps:
     interval, and the mean per-search score of :func:`pair_scores`) and ``paired``: for each
     classifier other than ``baseline`` (default: the first), the paired differences of
     success and of score against the baseline, each with its 95% interval (and McNemar's
-    p-value for success), from :func:`~rmd_lib.evaluation.paired_difference`.
+    p-value for success), from :func:`~rmd_lib.evaluation.paired_difference`. With
+    ``return_scores``, also ``scores``: per classifier, the (success, score) of
+    :func:`pair_scores`, so that any two classifiers can be paired afterwards.
     """
     if not classifiers:
         raise ValueError("classifiers must map at least one name to a classifier.")
@@ -292,7 +294,7 @@ def compare_pairs(G: nn.Module, classifiers: dict, eps: float, n: int, *, steps:
             base_success, base_score = scores[baseline]
             paired[label] = {"success": paired_difference(base_success, success),
                              "score": paired_difference(base_score, score)}
-    return rows, paired
+    return (rows, paired, scores) if return_scores else (rows, paired)
 
 
 def early_stop_mix(pairs, steps: int) -> dict[str, float]:

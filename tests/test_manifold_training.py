@@ -257,6 +257,12 @@ def test_compare_pairs_is_paired_and_runs_every_search_to_the_end(tiny_generator
     d = paired["soft"]["score"]
     assert d["mean"] == pytest.approx(float((s_soft[1] - s_sharp[1]).mean()), abs=1e-6)
     assert d["low"] <= d["mean"] <= d["high"] and d["n"] == 24
+    # the per-search scores come back on request, the same ones that were paired
+    again = compare_pairs(G, {"sharp": sharp, "soft": soft}, 0.5, 24, steps=15, seed=3,
+                          return_scores=True)
+    assert again[:2] == (rows, paired)
+    for label, mine in (("sharp", s_sharp), ("soft", s_soft)):
+        assert all(torch.equal(a, b) for a, b in zip(again[2][label], mine))
     with pytest.raises(ValueError, match="early_stop"):
         compare_pairs(G, {"a": sharp}, 0.5, 4, steps=2, early_stop=True)
     with pytest.raises(ValueError, match="baseline"):

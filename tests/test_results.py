@@ -192,7 +192,8 @@ def check_manifold_training(res: dict) -> None:
             assert models.get(f"classifier_{method}_{name}"), f"no provenance for {method} ({name})"
         # the authors' variant against the PGD classifier it resumed from, paired
         versus = res["tables"]["paired_pairs"][name]["authors minus PGD"]
-        assert set(versus) == {"clean", "white-box PGD", "success", "score"}, versus
+        assert set(versus) == {"clean", "white-box PGD", "pairs: valid and different",
+                               "pairs: mean score"}, versus
         for d in versus.values():
             assert d["low"] <= d["mean"] <= d["high"], d
 
