@@ -242,12 +242,13 @@ for ax, name in zip(axes[0], names):
 plt.tight_layout()
 plt.show()
 
-# %% The authors' run continues the PGD run's curve, on the same loss (the [markdown]
-# cross-entropy on PGD examples), with the pair term dashed: the mean divergence over
-# the valid pairs that the classifier labels differently, zero at a step where none is
-# left (the log scale leaves such steps out). With a weight this small the pair term
-# barely moves the total loss; whether it changes the classifier on the range is what
-# the pair columns below measure.
+# %% [markdown]
+# The authors' run continues the PGD run's curve, on the same loss (the cross-entropy on
+# PGD examples), with the pair term dashed: the mean divergence over the valid pairs
+# that the classifier labels differently, zero at a step where none is left (the log
+# scale leaves such steps out). With a weight this small the pair term barely moves the
+# total loss; whether it changes the classifier on the range is what the pair columns
+# below measure.
 
 # %% [markdown]
 # ## Before and after, on one attack budget
