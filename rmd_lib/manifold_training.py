@@ -441,6 +441,7 @@ def robust_classifier(method: str, base: nn.Module, dataset, profile, *, G: nn.M
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
     if method == "authors":  # resumed from the PGD baseline (trained now or loaded)
+        finetune_config(method, base, profile, seed, G)  # bad settings fail before it
         base = robust_classifier("pgd", base, dataset, profile, G=G, seed=seed,
                                  cache_dir=cache_dir, progress=progress, verbose=False)
     cfg = finetune_config(method, base, profile, seed, G)

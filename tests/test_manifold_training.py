@@ -398,6 +398,8 @@ def test_robust_classifier_authors_resumes_from_the_pgd_classifier(
      ValueError, "needs the generator"),
     (lambda G, net, x, y: robust_classifier("trades", net, None, get_profile("smoke")),
      ValueError, "method must be one of"),
+    (lambda G, net, x, y: robust_classifier("authors", net, None, get_profile("smoke")),
+     ValueError, "needs the generator"),
     (lambda G, net, x, y: PairTerm(G, 1.0, weight=-1.0), ValueError, "weight"),
     (lambda G, net, x, y: PairTerm(G, 1.0, weight=float("nan")), ValueError, "weight"),
     (lambda G, net, x, y: PairTerm(G, -1.0), ValueError, "eps"),
