@@ -264,8 +264,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 _ITERATIONS = ("classifier_epochs", "vae_epochs", "gan_iters", "proj_steps", "bim_steps",
                "cw_steps", "cw_binary_steps", "adaptive_steps", "latent_steps", "sub_rounds",
                "sub_epochs", "enc_epochs", "minmax_steps", "at_steps", "at_pair_steps",
-               "pgd_at_attack_steps", "at_authors_steps", "began_iters", "dip_steps",
-               "dip_bim_steps", "dip_bpda_steps")
+               "pgd_at_attack_steps", "began_iters", "dip_steps", "dip_bim_steps",
+               "dip_bpda_steps")
 
 
 def dry_run(profile: Profile) -> Profile:
@@ -277,6 +277,8 @@ def dry_run(profile: Profile) -> Profile:
         attack_proj=(2, profile.attack_proj[1]), at_regen_every=1, sub_budget=profile.sub_budget,
         face_proj=(2, profile.face_proj[1]), face_at=(2, profile.face_at[1], 2),
         dip_record=(1, 2), dip_stop=2,
+        # None follows at_steps, cut above
+        at_authors_steps=None if profile.at_authors_steps is None else 2,
     )
 
 

@@ -20,7 +20,7 @@ from rmd_lib.manifold_training import (compare_pairs, confidence_path, early_sto
                                        pgd_adversarial_training, robust_classifier,
                                        start_class_probability)
 from rmd_lib.manifold_training import PairTerm
-from rmd_lib.profiles import get_profile
+from rmd_lib.profiles import dry_run, get_profile
 from rmd_lib.training import train_classifier
 
 
@@ -391,6 +391,9 @@ def test_robust_classifier_authors_resumes_from_the_pgd_classifier(
         assert finetune_config("authors", pgd_net, changed, 0, G) != cfg
     assert finetune_config("authors", pgd_net, P.with_(at_authors_steps=None), 0,
                            G)["steps"] == P.at_steps
+    # a dry run cuts the variant's own step count as well; None keeps following at_steps
+    assert dry_run(P.with_(at_authors_steps=50)).at_authors_steps == 2
+    assert dry_run(P.with_(at_authors_steps=None)).at_authors_steps is None
 
 
 @pytest.mark.parametrize("call, error, match", [
