@@ -176,7 +176,8 @@ def check_manifold_training(res: dict) -> None:
     head, tables = res["headline"], res["tables"]["comparison"]
     assert tables, "no comparison tables"
     for name, rows in tables.items():
-        assert [r["classifier"] for r in rows] == ["standard", "manifold", "PGD"], rows
+        labels = ["standard", "manifold", "PGD", "authors"]
+        assert [r["classifier"] for r in rows] == labels, rows
         for r in rows:
             _accuracies([r], ("clean", "white-box PGD", "INC clean", "INC worst case"))
             attacks = ("INC FGSM (transfer)", "INC PGD (transfer)", "INC tangent BPDA+EOT")
@@ -184,11 +185,17 @@ def check_manifold_training(res: dict) -> None:
             assert r["INC worst case"] <= min(r[a] for a in attacks) + 1e-12, r
             assert _share(r["pairs: valid and different"]) and _share(r["path uncertain"]), r
             assert r["path max slope"] >= 0, r
-        for label in ("standard", "manifold", "pgd"):
+        for label in ("standard", "manifold", "pgd", "authors"):
             assert 0.5 < head[f"{name}_{label}_clean"] <= 1.0, f"{name} {label}: clean accuracy"
         models = res["provenance"]["models"]
-        for method in ("manifold", "pgd"):
+        for method in ("manifold", "pgd", "authors"):
             assert models.get(f"classifier_{method}_{name}"), f"no provenance for {method} ({name})"
+        # the authors' variant against the PGD classifier it resumed from, paired
+        versus = res["tables"]["paired_pairs"][name]["authors minus PGD"]
+        assert set(versus) == {"clean", "white-box PGD", "pairs: valid and different",
+                               "pairs: mean score"}, versus
+        for d in versus.values():
+            assert d["low"] <= d["mean"] <= d["high"], d
 
 
 def check_faces(res: dict) -> None:
