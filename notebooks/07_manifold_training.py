@@ -164,7 +164,7 @@ plt.show()
 #
 # ## The authors' variant
 #
-# The authors' code, as its MNIST README describes it {cite:p}`jalalcode`, does not
+# The authors' code, as its MNIST README and pair search show {cite:p}`jalalcode`, does not
 # add the pair term to clean training. It resumes adversarial training from the
 # PGD-trained classifier, with
 # the pair term added at a small weight $w_a$ = {glue:text}`authors_weight`, and counts
