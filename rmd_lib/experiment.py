@@ -33,6 +33,17 @@ class Setup:
         settings = {"steps": profile.proj_steps, "restarts": profile.proj_restarts, **projection}
         return InvertAndClassify(self.G, self.classifier, seed=seed, **settings)
 
+    def attacker_inc(self, profile, seed: int = 0, **projection) -> InvertAndClassify:
+        """The attacker's own INC, run inside every step of an adaptive attack: the profile's
+        short projection (``attack_proj``: steps, restarts) with every restart run to the
+        end. Pruning keeps each image's best restarts early on, by their error at that step;
+        on a run this short that step comes after a few steps, before a restart that started
+        far away has caught up, so the attacker would lose its best fit on some images
+        (measured in the chapter on invert-and-classify). Keywords override the settings."""
+        steps, restarts = profile.attack_proj
+        return self.inc(profile, seed, **{"steps": steps, "restarts": restarts, "prune": (),
+                                          **projection})
+
     def test_images(self, n: int, device, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Test images ``offset`` to ``offset + n`` and their labels, on ``device``."""
         x, y = self.data.x_test[offset:offset + n], self.data.y_test[offset:offset + n]
