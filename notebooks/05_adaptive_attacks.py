@@ -481,7 +481,7 @@ for name in names:
 # the other attacks on them, and the last column adds Square, image by image.
 #
 # **What to expect.** If BPDA, EOT and the latent attack are sound, they have already
-# broken what a random search with a few hundred queries can break, and Square adds
+# broken what a random search with this many queries can break, and Square adds
 # almost nothing to the worst case. The images that only Square broke should be at most
 # two of the first $n$. Two rather than none, because an image near INC's decision
 # boundary lands on either side depending on the draw of restarts: a search that kept
