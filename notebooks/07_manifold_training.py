@@ -278,7 +278,7 @@ plt.show()
 
 # %%
 def attacks_for(s, clf):
-    mirror = s.inc(P, seed + 1, steps=P.attack_proj[0], restarts=P.attack_proj[1])
+    mirror = s.attacker_inc(P, seed + 1)  # the short projection, every restart run
     mirror.classifier = clf
     steps = dict(steps=P.adaptive_steps, seed=seed)
     return {

@@ -15,7 +15,7 @@ from .evaluation import accuracy, predict
 from .randomness import randomised
 
 __all__ = ["cw_table", "unrolled_table", "transfer_table", "robust_accuracy_table", "pair_table",
-           "correct"]
+           "correct", "worst_case_with"]
 
 
 def _synchronize(x: torch.Tensor) -> None:
@@ -82,7 +82,9 @@ def transfer_table(source, targets: dict, x, y, attacks: dict, eps_list, *,
 
 
 def robust_accuracy_table(defense, x, y, attacks: dict, eps_list, *, norm: str,
-                          progress: bool = False) -> list[dict]:
+                          progress: bool = False, costly: dict | None = None,
+                          costly_n: int | None = None, costly_eps: float | None = None
+                          ) -> list[dict]:
     """Accuracy of ``defense`` under each attack at each eps, and under the worst case.
 
     ``attacks`` maps a name to a function ``(x, y, eps, norm) -> x_adv``. The ``worst case``
@@ -91,27 +93,74 @@ def robust_accuracy_table(defense, x, y, attacks: dict, eps_list, *, norm: str,
     what works. A randomised defense scores every input on the same draw of its randomness
     (its streams are reset before each scoring), so the worst case ANDs outcomes of one
     defense, not of different draws; ``clean`` is the defense's accuracy on that draw.
+
+    ``costly`` maps names to attacks of the same signature that are too slow for the whole
+    grid (a gradient-free attack such as Square): each runs on the first ``costly_n``
+    images only, at ``costly_eps`` only (default: the largest eps). The rows then gain the
+    columns ``"first n"`` (that count), one per costly attack (its accuracy on those
+    images), ``"worst case, first n"`` (the worst case above, restricted to those images)
+    and ``worst_case_with(costly)`` (the worst case over every attack, costly ones included,
+    on those images); at other budgets these cells are NaN. The first n images are scored
+    on the draw the whole set is scored on (image i's draw depends on its index, not on
+    the batch), so the costly columns are paired with the others, image by image.
     """
     from tqdm.auto import tqdm
 
+    costly = dict(costly or {})
+    eps_list = [float(e) for e in eps_list]
+    if costly:
+        if (isinstance(costly_n, bool) or not isinstance(costly_n, int)
+                or not 1 <= costly_n <= len(x)):
+            raise ValueError(f"costly_n must be an integer in 1..{len(x)} (the images "
+                             f"passed in) when costly attacks are given, got {costly_n!r}.")
+        costly_eps = max(eps_list) if costly_eps is None else float(costly_eps)
+        if costly_eps not in eps_list:
+            raise ValueError(f"costly_eps={costly_eps:g} is not one of eps_list "
+                             f"{eps_list}; the costly attacks run at one of its budgets.")
+        clash = sorted(set(costly) & (set(attacks) | {"clean", "worst case", "first n"}))
+        if clash:
+            raise ValueError(f"costly attack names {clash} are already columns; rename them.")
     draws = randomised(defense)
 
-    def score(x_in):
+    def score(x_in, y_in):
         for d in draws:
             d.reset()
-        return correct(defense, x_in, y)
+        return correct(defense, x_in, y_in)
 
-    clean = score(x)
+    clean = score(x, y)
     rows = []
     for eps in tqdm(eps_list, desc=f"robust accuracy ({norm})", disable=not progress):
-        row, robust = {"norm": norm, "eps": float(eps), "clean": float(clean.float().mean())}, clean.clone()
+        row, robust = {"norm": norm, "eps": eps, "clean": float(clean.float().mean())}, clean.clone()
         for name, attack in attacks.items():
-            ok = score(attack(x, y, eps, norm))
+            ok = score(attack(x, y, eps, norm), y)
             row[name] = float(ok.float().mean())
             robust &= ok
         row["worst case"] = float(robust.float().mean())
+        if costly:
+            row.update(_costly_columns(costly, costly_n, x, y, eps, norm, robust, score)
+                       if eps == costly_eps else
+                       {"first n": costly_n, **{c: float("nan") for c in
+                                                ["worst case, first n", *costly,
+                                                 worst_case_with(costly)]}})
         rows.append(row)
     return rows
+
+
+def worst_case_with(costly) -> str:
+    """The name of :func:`robust_accuracy_table`'s column that ANDs the costly attacks too."""
+    return f"worst case with {', '.join(costly)}, first n"
+
+
+def _costly_columns(costly, n, x, y, eps, norm, robust, score) -> dict:
+    x_n, y_n = x[:n], y[:n]
+    cols, robust_n = {"first n": n}, robust[:n].clone()
+    cols["worst case, first n"] = float(robust_n.float().mean())
+    for name, attack in costly.items():
+        ok = score(attack(x_n, y_n, eps, norm), y_n)
+        cols[name] = float(ok.float().mean())
+        robust_n &= ok
+    cols[worst_case_with(costly)] = float(robust_n.float().mean())
+    return cols
 
 
 def pair_table(G, classifier, eps_list, n: int, *, steps: int, seed: int = 0,
