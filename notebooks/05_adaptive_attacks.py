@@ -73,10 +73,12 @@ if "google.colab" in sys.modules:
     import subprocess
 
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "git+https://github.com/rmd-course/robust-manifold-defense-book"], check=True)
+                    "git+https://github.com/rmd-course/robust-manifold-defense-book"],
+                   check=True)
 
 # %% tags=["parameters"]
-profile = "auto"      # "smoke" (CI), "standard" (CPU), "colab" (a T4), "paper"; "auto": colab on CUDA
+profile = "auto"      # "smoke" (CI), "standard" (CPU), "colab" (a T4), "paper";
+                      # "auto": colab on CUDA
 seed = 0
 dataset = "all"       # "mnist", "fashion_mnist", a comma-separated list, or "all"
 device = "auto"       # "auto", "cpu" or "cuda"
@@ -100,7 +102,8 @@ set_style()
 run = start_run("adaptive_attacks", profile, seed, device, results_dir)
 P, dev = run.profile, run.device
 names = dataset_names(dataset)
-setups = prepare(run, names, generator=generator, data_dir=data_dir, cache_dir=cache_dir)
+setups = prepare(run, names, generator=generator, data_dir=data_dir,
+                 cache_dir=cache_dir)
 EPS = {"linf": [0.1, 0.2, 0.3], "l2": [1.0, 2.0, 3.0]}
 
 # %% tags=["remove-input"]
@@ -387,16 +390,19 @@ glue("defense_proj", budget_text(P.proj_steps, P.proj_restarts), display=False)
 def attacks_for(s):
     clf = s.classifier
     mirror = s.attacker_inc(P, seed + 1)  # the short projection, every restart run
-    full = s.inc(P, seed + 2)  # the attacker's own full-budget projection, for the start z0
+    # the attacker's own full-budget projection, for the latent attack's start z0
+    full = s.inc(P, seed + 2)
     steps = dict(steps=P.adaptive_steps, seed=seed)
     return {
         "FGSM (transfer)": lambda x, y, e, n: fgsm(clf, x, y, e, norm=n),
         "PGD (transfer)": lambda x, y, e, n: pgd(clf, x, y, e, norm=n, **steps),
         "BPDA": lambda x, y, e, n: pgd(BPDA(mirror), x, y, e, norm=n, **steps),
-        "BPDA+EOT": lambda x, y, e, n: pgd(BPDA(mirror, P.eot_samples), x, y, e, norm=n, **steps),
-        "tangent BPDA+EOT": lambda x, y, e, n: pgd(BPDA(mirror, P.eot_samples, backward="tangent"),
-                                                   x, y, e, norm=n, **steps),
-        "latent": lambda x, y, e, n: latent_space_attack(full, x, y, e, norm=n, steps=P.latent_steps),
+        "BPDA+EOT": lambda x, y, e, n: pgd(
+            BPDA(mirror, P.eot_samples), x, y, e, norm=n, **steps),
+        "tangent BPDA+EOT": lambda x, y, e, n: pgd(
+            BPDA(mirror, P.eot_samples, backward="tangent"), x, y, e, norm=n, **steps),
+        "latent": lambda x, y, e, n: latent_space_attack(
+            full, x, y, e, norm=n, steps=P.latent_steps),
     }
 
 
@@ -547,8 +553,9 @@ for i, name in enumerate(names):
         ax, rows = axes[i][j], tables[name][norm]
         eps = [0.0] + [r["eps"] for r in rows]
         for k, attack in enumerate(FIRST_ORDER + ADAPTIVE + ("worst case",)):
+            dashed = "--" if attack in FIRST_ORDER else "-"
             style = dict(lw=3, color="k") if attack == "worst case" else dict(
-                ls="--" if attack in FIRST_ORDER else "-", marker="o", ms=3, color=f"C{k}")
+                ls=dashed, marker="o", ms=3, color=f"C{k}")
             acc = [clean[name]] + [r[attack] for r in rows]
             ax.errorbar(eps, acc, yerr=error_bars(acc, P.n_adaptive), capsize=2,
                         label=attack, **style)
