@@ -487,14 +487,16 @@ for name in names:
     gains.append(f"{name} {difference_text(d)} (n = {n_img})")
     if P.name == "smoke":  # models trained for seconds: only that INC does not lose
         run.claim(f"{name}: INC minus classifier on the same FGSM images, eps {top:g} "
-                  "(transferred), high end of the paired 95% interval", d["high"], ">=",
-                  0.0, why="smoke's models are too weak to predict a gain: INC must not "
-                           "lose beyond sampling error", detail=detail)
+                  "(transferred), high end of the paired 95% interval", d["high"],
+                  ">=", 0.0, detail=detail,
+                  why="smoke's models are too weak to predict a gain: INC must not lose "
+                      "beyond sampling error")
     else:
         run.claim(f"{name}: INC minus classifier on the same FGSM images, eps {top:g} "
-                  "(transferred), low end of the paired 95% interval", d["low"], ">", 0.0,
+                  "(transferred), low end of the paired 95% interval", d["low"],
+                  ">", 0.0, detail=detail,
                   why="prediction: the projection removes what lies off the range; the "
-                      "paired interval is the margin for sampling error", detail=detail)
+                      "paired interval is the margin for sampling error")
 glue("fgsm_gain", "; ".join(gains), display=False)
 glue("n_attack", P.n_attack, display=False)
 run.write(headline, attack_tables=tables, paired=paired_rows,
