@@ -489,8 +489,8 @@ for name in names:
         run.claim(f"{name}: INC minus classifier on the same FGSM images, eps {top:g} "
                   "(transferred), high end of the paired 95% interval", d["high"],
                   ">=", 0.0, detail=detail,
-                  why="smoke's models are too weak to predict a gain: INC must not lose "
-                      "beyond sampling error")
+                  why="smoke's models are too weak to predict a gain: INC must not "
+                      "lose beyond sampling error")
     else:
         run.claim(f"{name}: INC minus classifier on the same FGSM images, eps {top:g} "
                   "(transferred), low end of the paired 95% interval", d["low"],
