@@ -119,9 +119,9 @@ run.banner()
 # %% [markdown]
 # ## Two generators
 #
-# The VAE follows the paper's description: an encoder of two hidden layers to the mean
-# and log-variance of a Gaussian in the latent space, and a decoder of two hidden layers
-# with a sigmoid output (the widths are printed below). The decoder alone is the
+# The VAE has an encoder of two fully connected hidden layers to the mean and
+# log-variance of a Gaussian in the latent space, and a decoder of two hidden layers with
+# a sigmoid output (the widths are printed below). The decoder alone is the
 # generator $G$. The GAN is the WGAN-GP generator of Defense-GAN
 # {cite:p}`samangouei2018defensegan`; CPU profiles shrink its width and train it far
 # shorter than a GPU would, so expect rougher samples there.

@@ -197,6 +197,7 @@ print(f"Jacobian augmentation: largest pixel difference, reference vs library "
       f"{aug_gap:.1e}")
 assert aug_gap < 1e-9, f"reference and library augmentation differ by {aug_gap:.1e}"
 glue("aug_gap", f"{aug_gap:.1e}", display=False)
+glue("n_aug", len(x_chk), display=False)
 
 # %%
 subs = {}
@@ -226,8 +227,8 @@ display(Markdown(markdown_table(with_intervals(
     rows, ["accuracy", "agreement with INC"], P.n_transfer))))
 
 # %% [markdown]
-# On four seed images the largest difference between the reference augmentation and the
-# library's is {glue:text}`aug_gap`. The table gives each substitute's accuracy and its
+# On {glue:text}`n_aug` seed images the largest difference between the reference
+# augmentation and the library's is {glue:text}`aug_gap`. The table gives each substitute's accuracy and its
 # agreement with INC's labels on the {glue:text}`n_transfer` test images, with 95%
 # Wilson intervals.
 #
