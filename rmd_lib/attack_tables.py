@@ -11,7 +11,7 @@ import time
 import torch
 
 from .attacks import UnrolledINC, cw_l2, input_gradient, minmax_pairs, pgd
-from .evaluation import accuracy, predict
+from .evaluation import predict
 from .randomness import randomised
 
 __all__ = ["cw_table", "unrolled_table", "transfer_table", "robust_accuracy_table", "pair_table",
@@ -28,30 +28,39 @@ def correct(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> t
     return predict(model, x, batch_size).argmax(1) == y.to(x.device)
 
 
-def cw_table(classifier, inc, x, y, kappas, *, steps: int, binary_steps: int) -> list[dict]:
+def cw_table(classifier, inc, x, y, kappas, *, steps: int, binary_steps: int,
+             outcomes: dict | None = None) -> list[dict]:
     """CW L2 crafted on ``classifier`` at each confidence kappa; accuracy of the classifier and
     of INC on the examples, and, among the images the classifier got right before the
     attack, the share for which CW found an example it misclassifies (``found``) and the
     median L2 distance of those. An image the classifier already gets wrong needs no attack,
-    and counting it would add examples of distance about 0 that were never searched for."""
+    and counting it would add examples of distance about 0 that were never searched for.
+    ``outcomes``, a dict, receives the per-image results behind the two accuracies:
+    ``outcomes[kappa, "classifier"]`` and ``outcomes[kappa, "INC"]``, (N,) bool tensors."""
     right = correct(classifier, x, y)
     rows = []
     for kappa in kappas:
         x_adv = cw_l2(classifier, x, y, kappa=float(kappa), steps=steps, binary_steps=binary_steps)
         dist = (x_adv - x).flatten(1).norm(dim=1)
-        found = right & ~correct(classifier, x_adv, y)
-        rows.append({"kappa": float(kappa), "classifier": accuracy(classifier, x_adv, y),
-                     "INC": accuracy(inc, x_adv, y),
+        ok = {"classifier": correct(classifier, x_adv, y), "INC": correct(inc, x_adv, y)}
+        found = right & ~ok["classifier"]
+        if outcomes is not None:
+            outcomes.update({(float(kappa), m): v.cpu() for m, v in ok.items()})
+        rows.append({"kappa": float(kappa), "classifier": ok["classifier"].float().mean().item(),
+                     "INC": ok["INC"].float().mean().item(),
                      "median L2": float(dist[found].median()) if found.any() else 0.0,
                      "found": float(found.sum()) / max(int(right.sum()), 1)})
     return rows
 
 
 def unrolled_table(G, classifier, inc, x, y, ks, *, eps: float, restarts: int, pgd_steps: int,
-                   norm: str = "linf", seed: int = 0) -> list[dict]:
+                   norm: str = "linf", seed: int = 0,
+                   outcomes: dict | None = None) -> list[dict]:
     """PGD through the k-step unrolled projection, for each k of ``ks``: accuracy of the
     unrolled model on its own examples and of the full ``inc`` on them, the wall time of one
-    gradient and the median L2 norm of that gradient per image."""
+    gradient and the median L2 norm of that gradient per image. ``outcomes``, a dict,
+    receives the per-image results: ``outcomes[k, "unrolled model"]`` and
+    ``outcomes[k, "INC"]``, (N,) bool tensors."""
     rows = []
     for k in ks:
         model = UnrolledINC(G, classifier, steps=k, restarts=restarts, seed=seed)
@@ -61,22 +70,32 @@ def unrolled_table(G, classifier, inc, x, y, ks, *, eps: float, restarts: int, p
         _synchronize(x)  # CUDA runs asynchronously: wait for the kernels before the clock
         seconds = time.perf_counter() - t0
         x_adv = pgd(model, x, y, eps, norm=norm, steps=pgd_steps, seed=seed)
-        rows.append({"k": int(k), "unrolled model": accuracy(model, x_adv, y),
-                     "INC": accuracy(inc, x_adv, y), "seconds per gradient": seconds,
+        ok = {"unrolled model": correct(model, x_adv, y), "INC": correct(inc, x_adv, y)}
+        if outcomes is not None:
+            outcomes.update({(int(k), m): v.cpu() for m, v in ok.items()})
+        rows.append({"k": int(k), "unrolled model": ok["unrolled model"].float().mean().item(),
+                     "INC": ok["INC"].float().mean().item(), "seconds per gradient": seconds,
                      "gradient norm": float(grad.flatten(1).norm(dim=1).median())})
     return rows
 
 
 def transfer_table(source, targets: dict, x, y, attacks: dict, eps_list, *,
-                   norm: str = "linf") -> list[dict]:
+                   norm: str = "linf", outcomes: dict | None = None) -> list[dict]:
     """Examples crafted on ``source`` (a substitute), given to ``source`` itself and to each
-    model of ``targets``; ``attacks`` maps a name to ``(attack_fn, options)``."""
+    model of ``targets``; ``attacks`` maps a name to ``(attack_fn, options)``. ``outcomes``,
+    a dict, receives the per-image results behind each accuracy:
+    ``outcomes[attack, eps, model]``, an (N,) bool tensor, model being ``"substitute"`` or a
+    target's name."""
     rows = []
     for name, (attack, options) in attacks.items():
         for eps in eps_list:
             x_adv = attack(source, x, y, eps, norm=norm, **options)
-            row = {"attack": name, "eps": float(eps), "substitute": accuracy(source, x_adv, y)}
-            row.update({t: accuracy(model, x_adv, y) for t, model in targets.items()})
+            row = {"attack": name, "eps": float(eps)}
+            for m_name, model in {"substitute": source, **targets}.items():
+                ok = correct(model, x_adv, y)
+                row[m_name] = ok.float().mean().item()
+                if outcomes is not None:
+                    outcomes[name, float(eps), m_name] = ok.cpu()
             rows.append(row)
     return rows
 

@@ -56,12 +56,8 @@ class Profile:
     eot_samples: int = 4
     attack_proj: tuple[int, int] = (50, 4)
     latent_steps: int = 100
-    # black-box chapter: test images the transfer tables use, and the least margin, in
-    # accuracy points, of INC under a substitute attack over the unprotected classifier under
-    # the white-box attack (standard, measured over 300 images at L-inf 0.3: 22.7 points at
-    # the least, Fashion-MNIST's plain substitute with BIM; 53 or more on MNIST)
+    # black-box chapter: test images the transfer tables use
     n_transfer: int = 300
-    substitute_margin: float = 0.15
     # substitute models: seed images, augmentation rounds, epochs per round, query budget
     sub_seed: int = 150
     sub_rounds: int = 5
@@ -144,8 +140,6 @@ class Profile:
     dip_bpda_eps: tuple[float, ...] = (2 / 255, 4 / 255, 8 / 255)
     dip_bpda_steps: int = 5
     dip_eot: int = 1
-    # tolerance used by the notebooks' headline assertions, in accuracy points
-    claim_margin: float = 0.30
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -167,14 +161,13 @@ PROFILES: dict[str, Profile] = {
         unroll_steps=(2, 5), unroll_restarts=1, adaptive_steps=3, eot_samples=2,
         attack_proj=(10, 1), latent_steps=10, square_n=8, square_queries=10,
         sub_seed=30, sub_rounds=2, sub_epochs=3,
-        sub_budget=200, enc_train=200, enc_epochs=3, n_transfer=24, substitute_margin=0.0,
+        sub_budget=200, enc_train=200, enc_epochs=3, n_transfer=24,
         minmax_eps=(1.0, 3.0), minmax_n=32, minmax_steps=30, at_steps=6, at_regen_every=3,
         at_pairs=16, at_pair_steps=10, pgd_at_attack_steps=2, n_paths=8,
         began_iters=30, began_width=16, began_resolution=32, began_batch=16,
         n_faces=8, face_proj=(10, 1), face_sub=(8, 1), face_at=(3, 4, 5),
         n_dip=4, dip_size=64, dip_width=8, dip_depth=3, dip_steps=20, dip_record=(5, 10, 20),
         dip_stop=10, dip_bim_steps=3, dip_bpda_steps=2,
-        claim_margin=0.0,
     ),
     # CPU book build: real numbers; each notebook within 18 min on 2 cores (about an hour
     # and a half for the book; the attack and DIP chapters are the long ones).
@@ -202,9 +195,6 @@ PROFILES: dict[str, Profile] = {
         # at_steps' 150, and 162 s to evaluate one more classifier per dataset; 20 steps
         # keep the chapter's extra time near 7 minutes for two datasets on that thread.
         at_authors_steps=20,
-        # Measured on 2 CPU cores: 30.1 points (MNIST) and 33.3 (Fashion-MNIST) over 1,000
-        # test images; 25 leaves room for another CPU's arithmetic and one standard error.
-        claim_margin=0.25,
     ),
     # A free Colab GPU (a 16 GB T4), the GPU default: every chapter within about 10 minutes
     # and 12 GB of GPU memory, with numbers at least as meaningful as standard's: full
@@ -229,7 +219,6 @@ PROFILES: dict[str, Profile] = {
         n_dip=20, dip_size=224, dip_width=64, dip_depth=5, dip_steps=1000,
         dip_record=(50, 100, 200, 300, 500, 750, 1000), dip_stop=750,
         dip_eps=(4 / 255, 8 / 255), dip_bpda_eps=(8 / 255,), dip_bpda_steps=5,
-        claim_margin=0.25,
     ),
     # GPU: the paper's scale; full datasets, thousands of projection steps.
     "paper": Profile(
@@ -255,7 +244,6 @@ PROFILES: dict[str, Profile] = {
         dip_width=128, dip_depth=5, dip_steps=2000,
         dip_record=(50, 100, 200, 300, 500, 750, 1000, 1500, 2000), dip_stop=1000,
         dip_bpda_steps=20, dip_eot=4,
-        claim_margin=0.30,
     ),
 }
 

@@ -266,3 +266,26 @@ def test_prepare_trains_through_the_cache_and_records_the_run(tiny_mnist, tiny_p
     assert len(list(tmp_path.glob("*.safetensors"))) == 2
     with pytest.raises(ValueError, match="generator must be one of"):
         prepare(run, ["mnist"], generator="began")
+
+
+def test_table_outcomes_are_the_per_image_results_behind_each_accuracy(parts, make_net):
+    G, clf, inc, x, y = parts
+    source = make_net(seed=3)
+    got = {}
+    rows = transfer_table(source, {"target": clf}, x, y, {"FGSM": (fgsm, {})}, [0.3],
+                          outcomes=got)
+    assert set(got) == {("FGSM", 0.3, "substitute"), ("FGSM", 0.3, "target")}
+    x_adv = fgsm(source, x, y, 0.3)
+    assert torch.equal(got["FGSM", 0.3, "target"], correct(clf, x_adv, y))
+    assert rows[0]["substitute"] == pytest.approx(got["FGSM", 0.3, "substitute"].float().mean())
+    cw_got = {}
+    rows = cw_table(clf, inc, x, y, (0.0,), steps=10, binary_steps=1, outcomes=cw_got)
+    assert set(cw_got) == {(0.0, "classifier"), (0.0, "INC")}
+    for m in ("classifier", "INC"):
+        assert cw_got[0.0, m].dtype == torch.bool and cw_got[0.0, m].shape == (12,)
+        assert rows[0][m] == pytest.approx(cw_got[0.0, m].float().mean().item())
+    un_got = {}
+    rows = unrolled_table(G, clf, inc, x, y, (2,), eps=0.3, restarts=1, pgd_steps=2,
+                          outcomes=un_got)
+    assert set(un_got) == {(2, "unrolled model"), (2, "INC")}
+    assert rows[0]["INC"] == pytest.approx(un_got[2, "INC"].float().mean().item())
