@@ -204,7 +204,8 @@ def make_plan(args, P) -> Plan:
         raise EvaluateError("a checkpoint option names one model: use it with one --dataset.")
     units = [(name, s, min(s + chunk, args.first + n))
              for name in datasets for s in range(args.first, args.first + n, chunk)]
-    return Plan(task, settings, units)
+    # as the chunk files hold them (tuples become lists), so that the two compare equal
+    return Plan(task, json.loads(json.dumps(settings)), units)
 
 
 # ----------------------------------------------------------------------------------------
