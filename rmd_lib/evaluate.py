@@ -31,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["main", "TASKS", "ATTACKS", "EvaluateError"]
+__all__ = ["main", "TASKS", "ATTACKS", "EvaluateError", "read_results", "robust_accuracy_from",
+           "with_costly"]
 
 TASKS = ("projection", "robust-accuracy", "pairs", "dip")
 # Command-line name -> the column of chapter 5's table. The order is chapter 5's: a
@@ -345,7 +346,7 @@ def attacks_for(s, P, seed: int, names, offset: int) -> dict:
     from .attacks import BPDA, fgsm, latent_space_attack, pgd
 
     clf = s.classifier
-    mirror = s.inc(P, seed + 1, steps=P.attack_proj[0], restarts=P.attack_proj[1])
+    mirror = s.attacker_inc(P, seed + 1)
     full = s.inc(P, seed + 2)
     mirror.draws.offset = full.draws.offset = int(offset)
 
@@ -527,6 +528,102 @@ def merge(plan: Plan, payloads: list) -> tuple[dict, dict]:
             headline[f"{slug}_defense_accuracy"] = sum(part["correct"][k]) / n
         tables["dip_stop"] = stop
     return headline, tables
+
+
+# ----------------------------------------------------------------------------------------
+# Reading a results file back into a chapter
+# ----------------------------------------------------------------------------------------
+def read_results(path, task: str, profile: str, seed: int) -> dict:
+    """A results file of ``task`` written by this command, checked: it exists, it is one of
+    this command's files, and it was computed with ``profile`` and ``seed``. Returns the
+    parsed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"results_from: {path} does not exist. Make it with python -m "
+                                f"rmd_lib.evaluate --task {task} ... --out DIR and pass "
+                                f"DIR/{task}.json.")
+    try:
+        res = json.loads(path.read_text())
+        run = res["tables"]["evaluate"]
+        settings = run["settings"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"results_from: {path} is not a results file of rmd_lib.evaluate "
+                         "(no tables.evaluate.settings).") from None
+    if run.get("task") != task:
+        raise ValueError(f"results_from: {path} holds task {run.get('task')!r}; this chapter "
+                         f"reads {task!r}.")
+    if res.get("profile") != profile or settings.get("seed") != seed:
+        raise ValueError(f"results_from: {path} was computed at profile "
+                         f"{res.get('profile')!r}, seed {settings.get('seed')}; this run has "
+                         f"profile {profile!r}, seed {seed}. Run the chapter with those, or "
+                         "compute the file with --profile and --seed of this run.")
+    return res
+
+
+def robust_accuracy_from(path, profile, seed: int, names, eps: dict, attacks,
+                         n: int) -> tuple[dict, dict, str]:
+    """Chapter 5's robust-accuracy tables, ``{dataset: {norm: rows}}``, from a results file
+    of ``--task robust-accuracy``, after checking that it covers this run: its profile and
+    seed, the datasets ``names``, the budgets ``eps`` ({norm: list}), the ``attacks`` (in
+    order) and the first ``n`` test images. Also returns the per-image outcomes,
+    ``{dataset: {"clean": [...], norm: {eps: {attack: [...]}}}}``, and a sentence saying
+    where the numbers were computed."""
+    res = read_results(path, "robust-accuracy", profile.name, seed)
+    run = res["tables"]["evaluate"]
+    S = run["settings"]
+    wanted = {"datasets": list(names), "eps": {m: [float(e) for e in v] for m, v in eps.items()},
+              "attacks": list(attacks), "first image": 0, "images": n}
+    found = {"datasets": [d for d in S["datasets"] if d in names],
+             "eps": S["eps"], "attacks": S["attacks"], "first image": S["start"],
+             "images": S["n"]}
+    bad = [f"{k}: {found[k]!r} in the file, {wanted[k]!r} here" for k in wanted
+           if found[k] != wanted[k]]
+    if bad:
+        raise ValueError(f"results_from: {path} does not match this chapter's run:\n  "
+                         + "\n  ".join(bad) + "\nCompute it with the chapter's datasets, "
+                         "budgets and attacks, and --count set to the profile's n_adaptive.")
+    tables = {name: res["tables"]["robust_accuracy"][name] for name in names}
+    outcomes = {name: res["tables"]["per_image"][name] for name in names}
+    where = (f"{run['world_size']} process{'es' if run['world_size'] != 1 else ''} "
+             f"({run['device_name']}" + (f", {run['backend']}" if run["backend"] else "")
+             + ")")
+    return tables, outcomes, (f"computed on {where} by `rmd_lib.evaluate` on "
+                              f"{run['finished']}, read from `{Path(path).name}`")
+
+
+def with_costly(rows, outcomes: dict, defense, x, y, costly: dict, costly_n: int) -> list:
+    """Rows read by :func:`robust_accuracy_from` for one norm, with the columns that
+    :func:`rmd_lib.attack_tables.robust_accuracy_table` adds for ``costly`` attacks
+    (Square, say), computed here on the first ``costly_n`` images at the largest budget.
+    ``outcomes`` are that dataset's per-image outcomes from the file, x (N, C, H, W) and y
+    (N,) the images they are about. The defense scores on the draws the table uses, so the
+    columns are those of one in-notebook table."""
+    from .attack_tables import _costly_columns, correct, worst_case_with
+    from .randomness import randomised
+
+    draws = randomised(defense)
+
+    def score(x_in, y_in):
+        for d in draws:
+            d.reset()
+        return correct(defense, x_in, y_in)
+
+    norm, top = rows[0]["norm"], max(r["eps"] for r in rows)
+    attacks = [k for k in rows[0] if k not in ("norm", "eps", "clean", "worst case")]
+    robust = torch.tensor(outcomes["clean"], dtype=torch.bool)
+    for attack in attacks:
+        robust &= torch.tensor(outcomes[norm][f"{top:g}"][attack], dtype=torch.bool)
+    out = []
+    for r in rows:
+        if r["eps"] == top:
+            extra = _costly_columns(costly, costly_n, x, y, top, norm,
+                                    robust.to(x.device), score)
+        else:
+            extra = {"first n": costly_n, **{c: float("nan") for c in
+                                             ["worst case, first n", *costly,
+                                              worst_case_with(costly)]}}
+        out.append({**r, **extra})
+    return out
 
 
 # ----------------------------------------------------------------------------------------

@@ -74,7 +74,9 @@ def _tables(path: Path) -> dict:
 
 def _check(proc):
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "it/s]" not in ln]
-    assert proc.returncode == 0, "\n".join(lines[-40:])
+    # the failing rank's own traceback comes before torchrun's summary
+    cause = [ln for ln in lines if "Error" in ln or "error:" in ln or ln.startswith("  File")]
+    assert proc.returncode == 0, "\n".join(cause[:60])
 
 
 def test_two_ranks_equal_one_process_projection(cache, tmp_path):
@@ -110,6 +112,50 @@ def test_two_ranks_equal_one_process_robust_accuracy_and_resume(cache, tmp_path)
     assert _tables(killed / "robust-accuracy.json")["tables"] == one["tables"]
     assert {p: (killed / "chunks" / "robust-accuracy" / p).stat().st_mtime_ns
             for p in stamps} == stamps
+
+
+def test_two_ranks_equal_one_process_pairs_and_dip(cache, tmp_path):
+    pairs = ["--task", "pairs", "--count", "6", "--chunk", "3", "--budgets", "1,3"]
+    one = _tables(_inprocess([*pairs, "--out", str(tmp_path / "one")], cache))
+    _check(_torchrun([*pairs, "--out", str(tmp_path / "two")], cache))
+    assert _tables(tmp_path / "two" / "pairs.json")["tables"] == one["tables"]
+    assert [r["eps"] for r in one["tables"]["pairs"]["mnist"]] == [1.0, 3.0]
+    try:
+        from rmd_lib.imagenet import imagenet_classifier
+        imagenet_classifier("efficientnet_lite0")
+    except Exception as exc:  # the offline ImageNet classifier is an optional extra
+        pytest.skip(f"no offline ImageNet classifier: {exc}")
+    dip = ["--task", "dip", "--count", "2", "--chunk", "1", "--budgets", "0.0314",
+           "--classifier", "efficientnet_lite0", "--set", "dip_steps=6",
+           "--set", "dip_record=[3,6]", "--set", "dip_stop=6"]
+    one = _tables(_inprocess([*dip, "--out", str(tmp_path / "one")], cache))
+    _check(_torchrun([*dip, "--out", str(tmp_path / "two")], cache))
+    assert _tables(tmp_path / "two" / "dip.json")["tables"] == one["tables"]
+    assert [r["steps"] for r in one["tables"]["dip_curve"]] == [3, 6]
+
+
+def test_chapter_reads_robust_accuracy_only_when_it_matches(cache, tmp_path):
+    path = _inprocess([*ROBUST, "--out", str(tmp_path)], cache)
+    P = evaluate._profile(evaluate.parser().parse_args([*SMALL, "--task", "x", "--out", "x"]))
+    eps, attacks = {"linf": [0.3], "l2": [3.0]}, list(evaluate.ATTACKS.values())
+    tables, outcomes, origin = evaluate.robust_accuracy_from(path, P, 0, ["mnist"], eps,
+                                                             attacks, 8)
+    assert tables == _tables(path)["tables"]["robust_accuracy"]
+    assert outcomes == _tables(path)["tables"]["per_image"]
+    assert origin.startswith("computed on 1 process (cpu) by `rmd_lib.evaluate` on ")
+    with pytest.raises(ValueError, match="images: 8 in the file, 24 here"):
+        evaluate.robust_accuracy_from(path, P, 0, ["mnist"], eps, attacks, 24)
+    with pytest.raises(ValueError, match=r"eps: .* in the file"):
+        evaluate.robust_accuracy_from(path, P, 0, ["mnist"], {"linf": [0.1]}, attacks, 8)
+    with pytest.raises(ValueError, match="profile 'smoke-custom', seed 0; this run has "
+                                         "profile 'smoke'"):
+        evaluate.robust_accuracy_from(path, P.with_(name="smoke"), 0, ["mnist"], eps,
+                                      attacks, 8)
+    with pytest.raises(ValueError, match="holds task 'projection'"):
+        other = _inprocess([*PROJECTION, "--out", str(tmp_path / "p")], cache)
+        evaluate.robust_accuracy_from(other, P, 0, ["mnist"], eps, attacks, 8)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        evaluate.robust_accuracy_from(tmp_path / "none.json", P, 0, ["mnist"], eps, attacks, 8)
 
 
 def test_corrupted_chunk_is_detected_and_redone(cache, tmp_path, capsys):
