@@ -298,7 +298,7 @@ def weights_sha256(model) -> str:
 def load_setups(args, P, run, names):
     """Dataset, classifier and generator per dataset name, as chapter 5's ``prepare`` gives
     them (the same cache), or from the checkpoint options."""
-    from .data import load_dataset
+    from .data import default_data_dir, load_dataset
     from .experiment import Setup
     from .training import model_config, pretrained_or_train
 
@@ -311,11 +311,10 @@ def load_setups(args, P, run, names):
         for kind, ckpt in (("classifier", args.classifier_checkpoint),
                            (args.generator, args.generator_checkpoint)):
             if ckpt is None and args.no_train:
+                # the name pretrained_or_train gives the cache entry of this model
                 key = hashlib.sha256(json.dumps(model_config(kind, data, P, args.seed),
                                                 sort_keys=True).encode()).hexdigest()[:12]
-                cache = Path(args.cache_dir) if args.cache_dir else None
-                from .data import default_data_dir
-                cache = cache or default_data_dir() / "cache"
+                cache = Path(args.cache_dir or default_data_dir() / "cache")
                 path = cache / f"{kind}-{name}-{key}.safetensors"
                 if not path.exists():
                     raise EvaluateError(
@@ -720,7 +719,11 @@ def _main(args) -> Path | None:
                 dist.barrier()
         plan.settings["weights"] = {k: weights_sha256(m) for k, m in sorted(models.items())}
         plan.settings["device_type"] = dev.type
-        check_existing(out, plan, resume)
+        # Now with the models' digests; every rank checks before any rank writes a chunk
+        # (the first check has already refused chunks without --resume).
+        check_existing(out, plan, resume=True)
+        if distributed:
+            dist.barrier()
 
         mine = share(len(plan.units), rank, world)
         payloads, done = [], 0

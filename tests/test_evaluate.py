@@ -94,7 +94,8 @@ def test_two_ranks_equal_one_process_robust_accuracy_and_resume(cache, tmp_path)
     _check(_torchrun([*ROBUST, "--out", str(tmp_path / "two")], cache))
     assert _tables(tmp_path / "two" / "robust-accuracy.json")["tables"] == one["tables"]
     per_image = one["tables"]["per_image"]["mnist"]
-    assert len(per_image["clean"]) == 8 and set(per_image["l2"]["3"]) == set(evaluate.ATTACKS.values())
+    assert len(per_image["clean"]) == 8
+    assert set(per_image["l2"]["3"]) == set(evaluate.ATTACKS.values())
     rows = one["tables"]["robust_accuracy"]["mnist"]["linf"]
     assert rows[0]["worst case"] <= min(v for k, v in rows[0].items() if k not in ("norm", "eps"))
 
