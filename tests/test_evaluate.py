@@ -205,3 +205,40 @@ def test_shares_are_contiguous_and_cover_every_chunk():
             shares = [list(evaluate.share(n_units, r, world)) for r in range(world)]
             assert sum(shares, []) == list(range(n_units))
             assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_costly_columns_on_read_tables_equal_the_tables_own(cache, tmp_path):
+    """with_costly adds, to the tables read from a file, the costly-attack columns that
+    robust_accuracy_table computes, for a costly attack that queries the defense."""
+    from rmd_lib.attack_tables import robust_accuracy_table
+    from rmd_lib.evaluation import start_run
+
+    # the last --chunk and --eps-linf win: one chunk, two budgets
+    argv = [*ROBUST, "--chunk", "8", "--eps-linf", "0.2,0.3", "--out", str(tmp_path)]
+    args = evaluate.parser().parse_args([*argv, *SMALL, "--cache-dir", str(cache)])
+    P = evaluate._profile(args)
+    run = start_run("t", P, 0, "cpu", tmp_path)
+    s = evaluate.load_setups(args, P, run, ["mnist"])["mnist"]
+    eps, names = {"linf": [0.2, 0.3], "l2": [3.0]}, list(evaluate.ATTACKS.values())
+    x, y = s.test_images(8, "cpu")
+
+    def costly_for(defense):  # its result depends on the defense's draws
+        def attack(x, y, e, n):
+            with torch.no_grad():
+                push = defense(x).softmax(1)[:, :1, None, None]
+            return (x + e * push).clamp(0, 1)
+        return {"queries": attack}
+
+    with _one_thread():
+        defense = s.inc(P, 0)
+        attacks = evaluate.attacks_for(s, P, 0, names, 0)
+        own = {m: robust_accuracy_table(defense, x, y, attacks, eps[m], norm=m,
+                                        costly=costly_for(defense), costly_n=5)
+               for m in eps}
+        path = _inprocess(argv, cache)
+        read, outcomes, _ = evaluate.robust_accuracy_from(path, P, 0, ["mnist"], eps, names, 8)
+        defense = s.inc(P, 0)
+        added = {m: evaluate.with_costly(read["mnist"][m], outcomes["mnist"], defense, x, y,
+                                         costly_for(defense), 5) for m in eps}
+    assert json.dumps(added, sort_keys=True) == json.dumps(own, sort_keys=True)
+    assert added["linf"][0]["queries"] != added["linf"][0]["queries"]  # NaN off the top
