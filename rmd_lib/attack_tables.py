@@ -15,7 +15,7 @@ from .evaluation import accuracy, predict
 from .randomness import randomised
 
 __all__ = ["cw_table", "unrolled_table", "transfer_table", "robust_accuracy_table", "pair_table",
-           "correct", "worst_case_with", "robust_outcomes"]
+           "correct", "worst_case_with", "robust_outcomes", "costly_columns"]
 
 
 def _synchronize(x: torch.Tensor) -> None:
@@ -203,3 +203,12 @@ def robust_outcomes(defense, x, y, attacks: dict, eps_list, *, norm: str, offset
         outcomes[float(eps)] = {name: score(attack(x, y, eps, norm))
                                 for name, attack in attacks.items()}
     return clean, outcomes
+
+
+def costly_columns(costly: dict, n: int, x, y, eps: float, norm: str, robust: torch.Tensor,
+                   score) -> dict:
+    """The costly attacks' columns of one :func:`robust_accuracy_table` row, for a row whose
+    other outcomes come from elsewhere (a results file of ``rmd_lib.evaluate``): ``robust``
+    (N,) bool is the worst case over the other attacks, ``score(x, y)`` the defense's
+    per-image correctness on the table's draw."""
+    return _costly_columns(costly, n, x, y, eps, norm, robust, score)

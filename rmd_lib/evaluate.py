@@ -597,7 +597,7 @@ def with_costly(rows, outcomes: dict, defense, x, y, costly: dict, costly_n: int
     ``outcomes`` are that dataset's per-image outcomes from the file, x (N, C, H, W) and y
     (N,) the images they are about. The defense scores on the draws the table uses, so the
     columns are those of one in-notebook table."""
-    from .attack_tables import _costly_columns, correct, worst_case_with
+    from .attack_tables import correct, costly_columns, worst_case_with
     from .randomness import randomised
 
     draws = randomised(defense)
@@ -618,7 +618,7 @@ def with_costly(rows, outcomes: dict, defense, x, y, costly: dict, costly_n: int
             # The table runs the costly attacks right after a scoring, so their queries
             # continue the defense's streams from there: leave them in that state.
             score(x[:1], y[:1])
-            extra = _costly_columns(costly, costly_n, x, y, top, norm,
+            extra = costly_columns(costly, costly_n, x, y, top, norm,
                                     robust.to(x.device), score)
         else:
             extra = {"first n": costly_n, **{c: float("nan") for c in
