@@ -86,6 +86,8 @@ data_dir = None       # None: $RMD_DATA_DIR, else the repository's data/ folder
 results_dir = None    # None: the repository's results/ folder
 cache_dir = None      # None: <data_dir>/cache; trained models are reused from here
 generator = "vae"     # the generator INC projects onto: "vae" or "gan"
+results_from = None   # a robust-accuracy file of `python -m rmd_lib.evaluate`: read its
+                      # tables instead of computing them (see the page Running at scale)
 
 # %%
 import matplotlib.pyplot as plt
@@ -425,14 +427,28 @@ FIRST_ORDER = ("FGSM (transfer)", "PGD (transfer)")
 ADAPTIVE = ("BPDA", "BPDA+EOT", "tangent BPDA+EOT", "latent")
 WITH_SQUARE = worst_case_with(["Square"])
 tables, clean = {}, {}
+if results_from:  # computed elsewhere, e.g. on several GPUs: checked, then read
+    from rmd_lib.evaluate import robust_accuracy_from, with_costly
+
+    columns = list(attacks_for(setups[names[0]]))  # the attacks, in the table's order
+    read, outcomes, origin = robust_accuracy_from(results_from, P, seed, names, EPS,
+                                                  columns, P.n_adaptive)
+    run.data_sources["robust_accuracy_tables"] = origin
+    display(Markdown(f"**The robust-accuracy tables below were {origin}.**"))
 with run.timer("attacks"):
     for name, s in setups.items():
         x, y = s.test_images(P.n_adaptive, dev)
         defense, attacks = s.inc(P, seed), attacks_for(s)
-        tables[name] = {
-            norm: robust_accuracy_table(defense, x, y, attacks, eps, norm=norm,
-                                        costly=square_for(defense), costly_n=P.square_n)
-            for norm, eps in EPS.items()}
+        if results_from:  # Square is not sharded: its columns are computed here
+            tables[name] = {norm: with_costly(
+                read[name][norm], outcomes[name], defense, x, y, square_for(defense),
+                P.square_n) for norm in EPS}
+        else:
+            tables[name] = {
+                norm: robust_accuracy_table(defense, x, y, attacks, eps, norm=norm,
+                                            costly=square_for(defense),
+                                            costly_n=P.square_n)
+                for norm, eps in EPS.items()}
         clean[name] = tables[name][next(iter(EPS))][0]["clean"]
 
 for name in names:

@@ -15,7 +15,7 @@ from .evaluation import predict
 from .randomness import randomised
 
 __all__ = ["cw_table", "unrolled_table", "transfer_table", "robust_accuracy_table", "pair_table",
-           "correct", "worst_case_with"]
+           "correct", "worst_case_with", "robust_outcomes", "costly_columns"]
 
 
 def _synchronize(x: torch.Tensor) -> None:
@@ -193,3 +193,41 @@ def pair_table(G, classifier, eps_list, n: int, *, steps: int, seed: int = 0,
         searches[float(eps)] = pairs
         rows.append({"eps": float(eps), **pairs.summary()})
     return rows, searches
+
+
+def robust_outcomes(defense, x, y, attacks: dict, eps_list, *, norm: str, offset: int = 0,
+                    progress: bool = False) -> tuple[torch.Tensor, dict]:
+    """Per image, whether ``defense`` classifies it correctly when clean and under each
+    attack at each eps: the outcomes behind :func:`robust_accuracy_table`'s accuracies.
+
+    x: (N, C, H, W) in [0, 1], the images ``offset, ..., offset + N - 1`` of the global
+    numbering; y: (N,). ``attacks`` maps a name to ``(x, y, eps, norm) -> x_adv``; an attack
+    that draws randomness must draw it for those same global indices. The defense's
+    streams start over at ``offset`` before each scoring, so a shard of images gets the
+    outcomes that one call on all of them would give. Returns ``clean`` (N,) bool and
+    ``{eps: {attack: (N,) bool}}``.
+    """
+    from tqdm.auto import tqdm
+
+    draws = randomised(defense)
+
+    def score(x_in):
+        for d in draws:
+            d.offset, d.call = int(offset), 0
+        return correct(defense, x_in, y)
+
+    clean = score(x)
+    outcomes = {}
+    for eps in tqdm(eps_list, desc=f"robust outcomes ({norm})", disable=not progress):
+        outcomes[float(eps)] = {name: score(attack(x, y, eps, norm))
+                                for name, attack in attacks.items()}
+    return clean, outcomes
+
+
+def costly_columns(costly: dict, n: int, x, y, eps: float, norm: str, robust: torch.Tensor,
+                   score) -> dict:
+    """The costly attacks' columns of one :func:`robust_accuracy_table` row, for a row whose
+    other outcomes come from elsewhere (a results file of ``rmd_lib.evaluate``): ``robust``
+    (N,) bool is the worst case over the other attacks, ``score(x, y)`` the defense's
+    per-image correctness on the table's draw."""
+    return _costly_columns(costly, n, x, y, eps, norm, robust, score)
