@@ -18,31 +18,79 @@ import torch
 
 from .checks import check_images, check_labels, check_positive_int
 from .profiles import Profile
-from .randomness import chunked
+from .randomness import chunked, randomised
 
-__all__ = ["predict", "confidence", "accuracy", "attack_table", "markdown_table", "Run", "start_run",
+__all__ = ["predict", "predict_chunk", "confidence", "accuracy", "attack_table", "markdown_table", "Run", "start_run",
            "default_results_dir", "wilson_interval", "paired_difference", "strict_claims",
            "TIME_BUDGET_S", "EXPECTED_TIME"]
 
 
 @torch.no_grad()
-def predict(model, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+def predict(model, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Logits of ``model`` on x (N, C, H, W) in [0, 1], computed in batches. A randomised
     model (INC, DIP) sees each batch as part of one call on all N images, so the logits do
-    not depend on ``batch_size`` (see :func:`rmd_lib.randomness.chunked`)."""
+    not depend on ``batch_size`` (see :func:`rmd_lib.randomness.chunked`). None picks the
+    batch from the memory budget (:func:`predict_chunk`)."""
     check_images(x, "x")
-    batch_size = check_positive_int(batch_size, "batch_size")
+    if batch_size is None:
+        batch_size = predict_chunk(model, x)
+    else:
+        batch_size = check_positive_int(batch_size, "batch_size")
     return torch.cat(chunked(model, len(x), batch_size, lambda rows: model(x[rows])))
 
 
-def confidence(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """The model's softmax probability of the true class y, per image: (N,)."""
+def _scorer(model):
+    """The deterministic classifier inside a randomised wrapper (INC, BPDA, the DIP defense
+    and its BPDA, the unrolled model), or None."""
+    for path in (("classifier",), ("inc", "classifier"), ("defense", "classifier")):
+        part = model
+        for name in path:
+            part = getattr(part, name, None)
+        if isinstance(part, torch.nn.Module):
+            return part
+    return None
+
+
+def predict_chunk(model, x: torch.Tensor) -> int:
+    """Images per batch of :func:`predict` under the memory budget (:mod:`rmd_lib.memory`):
+    three times the bytes that one image's forward pass would save for a gradient (more
+    than a pass without gradient holds). A randomised model's projection or fit chunks
+    itself under the same budget, so for INC, BPDA and the DIP defense the classifier that
+    scores the purified images is measured, and they are not run for the probe. The probe
+    leaves the model's training flags and random streams as it found them."""
+    from .memory import budget_bytes, rows_per_chunk, saved_bytes
+
+    probe = _scorer(model) if randomised(model) else None
+    if probe is None:
+        probe = model
+    draws = randomised(probe)
+    state = [(d.offset, d.call) for d in draws]
+    modes = ([(m, m.training) for m in probe.modules()]
+             if isinstance(probe, torch.nn.Module) else [])
+    for m, _ in modes:
+        m.training = False
+    try:
+        row = 3 * saved_bytes(lambda: probe(x[:1]))
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for d, (offset, call) in zip(draws, state):
+            d.offset, d.call = offset, call
+    device = x.device
+    return min(max(len(x), 1), rows_per_chunk(row, budget_bytes(device), "predict (one image)"))
+
+
+def confidence(model, x: torch.Tensor, y: torch.Tensor,
+               batch_size: int | None = None) -> torch.Tensor:
+    """The model's softmax probability of the true class y, per image: (N,). ``batch_size``
+    as in :func:`predict` (None: from the memory budget)."""
     probs = predict(model, x, batch_size).softmax(dim=1)
     return probs.gather(1, y.to(probs.device).view(-1, 1)).squeeze(1)
 
 
-def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
-    """Fraction of x that ``model`` classifies as y."""
+def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> float:
+    """Fraction of x that ``model`` classifies as y. ``batch_size`` as in :func:`predict`
+    (None: from the memory budget)."""
     y = check_labels(y, len(x), "y")
     return (predict(model, x, batch_size).argmax(1) == y.to(x.device)).float().mean().item()
 

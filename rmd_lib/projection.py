@@ -339,7 +339,8 @@ class InvertAndClassify(nn.Module):
     changes nothing. ``reset()`` starts the streams over, so that two evaluations can be
     scored on the same draws. The output carries no gradient to x: attacking INC needs
     BPDA or a substitute. Unknown or out-of-range projection settings are refused when
-    the module is built.
+    the module is built. ``batch_size`` is one of them: it goes to :func:`project` (the
+    default None picks the chunk from the memory budget), and changes no result.
     """
 
     def __init__(self, G: nn.Module, classifier: nn.Module, *, seed: int | None = 0, **projection):

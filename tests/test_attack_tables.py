@@ -122,8 +122,6 @@ def test_setup_builds_the_defense_and_slices_test_images(tiny_mnist, tiny_genera
     assert inc.projection == {"steps": tiny_profile.proj_steps, "restarts": 1} and inc.seed == 4
     x, y = s.test_images(5, "cpu", offset=27)
     assert torch.equal(x, tiny_mnist.x_test[27:32]) and torch.equal(y, tiny_mnist.y_test[27:32])
-    with pytest.raises(ValueError, match="test images"):
-        s.test_images(10, "cpu", offset=27)
 
 
 def test_prepare_trains_through_the_cache_and_records_the_run(tiny_mnist, tiny_profile,
@@ -141,3 +139,22 @@ def test_prepare_trains_through_the_cache_and_records_the_run(tiny_mnist, tiny_p
     assert len(list(tmp_path.glob("*.safetensors"))) == 2
     with pytest.raises(ValueError, match="generator must be one of"):
         prepare(run, ["mnist"], generator="began")
+
+
+
+def test_test_images_caps_at_what_the_source_has(tiny_mnist, tiny_generator, make_net,
+                                                 capsys):
+    from rmd_lib.experiment import Setup
+    s = Setup("mnist", tiny_mnist, make_net(), tiny_generator, tiny_generator)
+    have = len(tiny_mnist.x_test)
+    x, y = s.test_images(have + 500, "cpu")
+    assert len(x) == len(y) == have
+    assert f"asked for from image 0, but the source has {have}" in capsys.readouterr().out
+    x, _ = s.test_images(10, "cpu", offset=have - 3)
+    assert len(x) == 3 and "using the 3 there are" in capsys.readouterr().out
+    s.test_images(have, "cpu")
+    assert "note" not in capsys.readouterr().out  # no note when nothing is capped
+    with pytest.raises(ValueError, match="offset"):
+        s.test_images(2, "cpu", offset=have)
+    with pytest.raises(ValueError, match="n must"):
+        s.test_images(0, "cpu")
