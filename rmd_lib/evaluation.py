@@ -22,7 +22,7 @@ from .randomness import chunked, randomised
 
 __all__ = ["predict", "predict_chunk", "confidence", "accuracy", "attack_table", "markdown_table", "Run", "start_run",
            "default_results_dir", "wilson_interval", "paired_difference", "strict_claims",
-           "TIME_BUDGET_S", "EXPECTED_TIME"]
+           "TIME_BUDGET_S", "EXPECTED_TIME", "expected_time", "CHAPTERS"]
 
 
 @torch.no_grad()
@@ -205,14 +205,52 @@ _OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt
 # What one chapter is expected to take in each profile. The budgets (seconds) are the ones
 # the profiles were sized for; scripts/run_notebooks.py flags a chapter over its budget.
 TIME_BUDGET_S = {"smoke": 90.0, "standard": 18 * 60.0}
-EXPECTED_TIME = {
-    "smoke": "at most 90 s on 2 CPU cores (the profile's budget per chapter)",
-    "standard": "at most 18 min on 2 CPU cores (the profile's budget per chapter)",
-    "colab": "sized for at most 10 min on a free Colab T4 GPU (an estimate, not yet "
-             "measured there)",
-    "paper": "hours on one large GPU (not yet run end to end)",
-    "colab-dryrun": "a few minutes on a CPU (colab's sizes, every iteration count cut to 2)",
-}
+# The book's chapters, by the name each passes to start_run.
+CHAPTERS = ("generative_models", "invert_and_classify", "white_box_attacks",
+            "substitute_attacks", "adaptive_attacks", "overpowered_attack",
+            "manifold_training", "faces", "deep_image_prior")
+# Wall times measured at `standard` on 2 CPU cores with nothing else running (seconds):
+# chapter 1 from a fresh clone, its models trained, and chapter 5 in two runs. The nine
+# chapters together took 97 min (about 11 min each on average).
+STANDARD_MEASURED_S = {"generative_models": (658.0,), "adaptive_attacks": (932.0, 972.0)}
+STANDARD_BOOK_MIN = 97
+# colab's budget per chapter on a T4, and the factor by which an H200's fp32 rate exceeds
+# a T4's: the check scripts/gpu_check.sh runs on an H200 is colab's budget / 8 (75 s).
+COLAB_BUDGET_S = 600.0
+H200_TO_T4 = 8
+# Until scripts/gpu_check.sh has run every chapter on a GPU, colab's times are estimates.
+COLAB_MEASURED = False
+
+
+def expected_time(profile: str, chapter: str | None = None) -> str:
+    """How long one chapter is expected to take in ``profile``, and where the figure comes
+    from: a measurement, a budget the profile was sized for, or an estimate (said so)."""
+    measured = STANDARD_MEASURED_S.get(chapter)
+    if profile == "smoke":
+        return "at most 90 s on 2 CPU cores (the profile's budget per chapter)"
+    if profile == "standard":
+        if measured:
+            runs = " and ".join(_duration(s) for s in measured)
+            return (f"about {_duration(max(measured))} on 2 CPU cores (measured: {runs}); "
+                    "at most 18 min (the profile's budget)")
+        return (f"at most 18 min on 2 CPU cores (the profile's budget; the nine chapters "
+                f"measured {STANDARD_BOOK_MIN} min together, about "
+                f"{round(STANDARD_BOOK_MIN / len(CHAPTERS))} min each on average)")
+    if profile == "colab":
+        basis = ("" if COLAB_MEASURED else
+                 f"an estimate, not yet run on a GPU: colab is sized for "
+                 f"{COLAB_BUDGET_S / H200_TO_T4:g} s on an H200, and a T4's fp32 rate "
+                 f"is about 1/{H200_TO_T4} of an H200's; ")
+        return (f"at most {COLAB_BUDGET_S / 60:g} min on a free Colab T4 GPU ({basis}"
+                "scripts/gpu_check.sh measures it)")
+    if profile == "paper":
+        return ("hours on one 80 GB GPU (an estimate: the paper's training and projection "
+                "budgets; no chapter has run to the end at this profile)")
+    if profile == "colab-dryrun":
+        return "a few minutes on a CPU (colab's sizes, every iteration count cut to 2)"
+    return "no estimate for this profile"
+
+
 _PROFILE_PURPOSE = {
     "smoke": "the quick check that CI runs; its numbers are only sanity checks",
     "standard": "the CPU book build",
@@ -235,6 +273,11 @@ def _duration(seconds: float) -> str:
     if s < 3600:
         return f"{s // 60} min {s % 60} s"
     return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+# One line per profile (the chapter-independent form of expected_time).
+EXPECTED_TIME = {name: expected_time(name) for name in
+                 ("smoke", "standard", "colab", "paper", "colab-dryrun")}
 
 
 def _short_source(source: str) -> str:
@@ -296,11 +339,19 @@ class Run:
 
     @contextmanager
     def timer(self, name: str):
+        """Time a block. On CUDA the clock is read after the device has finished its queued
+        kernels (CUDA runs asynchronously), at the start and at the end."""
+        self._synchronize()
         t0 = time.perf_counter()
         try:
             yield
         finally:
+            self._synchronize()
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def record_data(self, dataset, name: str | None = None) -> None:
         """Record where a dataset came from and how many images of it this run uses.
@@ -420,7 +471,7 @@ class Run:
         expected to take, device, data sources with sizes, and seed."""
         name = self.profile.name
         purpose = _PROFILE_PURPOSE.get(name)
-        expected = EXPECTED_TIME.get(name, "no estimate for this profile")
+        expected = expected_time(name, self.chapter)
         lines = [f"- **Profile** `{name}`" + (f", {purpose}" if purpose else "")
                  + f". Expected time for this chapter: {expected}.",
                  f"- **Device**: {self._device_text()}.",
@@ -500,5 +551,6 @@ def start_run(chapter: str, profile="auto", seed: int = 0, device="auto",
     set_seed(seed)
     if dev.type == "cpu":
         torch.set_flush_denormal(True)  # denormal floats slow CPU arithmetic many times over
-    print(f"chapter {chapter}: profile {prof.name}, device {dev}, seed {seed}")
+    print(f"chapter {chapter}: profile {prof.name}, device {dev}, seed {seed}; expected "
+          f"time: {expected_time(prof.name, chapter)}")
     return Run(chapter, prof, seed, dev, Path(results_dir) if results_dir else None)

@@ -158,3 +158,37 @@ def test_test_images_caps_at_what_the_source_has(tiny_mnist, tiny_generator, mak
         s.test_images(2, "cpu", offset=have)
     with pytest.raises(ValueError, match="n must"):
         s.test_images(0, "cpu")
+
+
+def test_gradient_timing_waits_for_the_device_before_each_clock_reading(monkeypatch,
+                                                                        tiny_generator):
+    import rmd_lib.attack_tables as at
+
+    log = []
+    monkeypatch.setattr(at, "_synchronize", lambda x: log.append("sync"))
+    clock = iter(range(100))
+    monkeypatch.setattr(at.time, "perf_counter", lambda: log.append("clock") or next(clock))
+    monkeypatch.setattr(at, "input_gradient", lambda m, x, y: log.append("grad") or x)
+    monkeypatch.setattr(at, "pgd", lambda m, x, y, e, **kw: x)
+    monkeypatch.setattr(at, "accuracy", lambda m, x, y: 0.0)
+    x, y = torch.rand(2, 1, 6, 6), torch.tensor([0, 1])
+    rows = at.unrolled_table(tiny_generator, torch.nn.Flatten(), None, x, y, [1], eps=0.1,
+                             restarts=1, pgd_steps=1)
+    assert log == ["sync", "clock", "grad", "sync", "clock"]
+    assert rows[0]["seconds per gradient"] == 1
+
+
+def test_run_timer_synchronises_on_cuda_only(monkeypatch, tmp_path):
+    from rmd_lib.evaluation import Run
+    from rmd_lib.profiles import PROFILES
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    cpu = Run("c", PROFILES["smoke"], 0, torch.device("cpu"), tmp_path)
+    with cpu.timer("block"):
+        pass
+    assert calls == [] and "block" in cpu.timings
+    gpu = Run("c", PROFILES["smoke"], 0, torch.device("cuda", 0), tmp_path)
+    with gpu.timer("block"):
+        calls.append("work")
+    assert calls == [torch.device("cuda", 0), "work", torch.device("cuda", 0)]
