@@ -70,7 +70,7 @@ def predict_chunk(model, x: torch.Tensor) -> int:
     for m, _ in modes:
         m.training = False
     try:
-        row = 3 * saved_bytes(lambda: probe(x[:1]))
+        row = 3 * saved_bytes(lambda: probe(x[:1]), exclude=probe)
     finally:
         for m, mode in modes:
             m.training = mode

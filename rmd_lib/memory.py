@@ -41,10 +41,19 @@ def budget_bytes(device) -> int:
     return int(gb * 2**30)
 
 
-def saved_bytes(fn: Callable[[], object]) -> int:
+def saved_bytes(fn: Callable[[], object], exclude=()) -> int:
     """Bytes of the tensors that autograd saves for the backward pass while ``fn()`` runs,
-    each storage counted once, plus those of ``fn``'s tensor output."""
+    each storage counted once, plus those of ``fn``'s tensor output. The parameters and
+    buffers of the modules in ``exclude`` are left out: a layer saves its weight for the
+    input's gradient, but the weight is in memory anyway, once, whatever the number of rows,
+    so counting it in one row's cost would shrink every chunk by it."""
     seen, total = set(), 0
+    if isinstance(exclude, torch.nn.Module):
+        exclude = (exclude,)
+    for m in exclude:
+        if isinstance(m, torch.nn.Module):
+            for t in (*m.parameters(), *m.buffers()):
+                seen.add((t.untyped_storage().data_ptr(), t.device))
 
     def count(t: torch.Tensor):
         nonlocal total

@@ -239,7 +239,8 @@ def projection_chunk(G: nn.Module, x: torch.Tensor, restarts: int,
     if z is None:
         z = sample_prior(G, 1, torch.Generator().manual_seed(0))
     z = z[:1].to(device)
-    row = 3 * saved_bytes(lambda: _row_mse(G, z.clone().requires_grad_(True), x[:1]))
+    row = 3 * saved_bytes(lambda: _row_mse(G, z.clone().requires_grad_(True), x[:1]),
+                          exclude=G)
     return min(x.shape[0], rows_per_chunk(row * restarts, budget_bytes(device),
                                           f"project ({restarts} restarts per image)"))
 

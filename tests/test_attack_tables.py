@@ -166,8 +166,10 @@ def test_gradient_timing_waits_for_the_device_before_each_clock_reading(monkeypa
 
     log = []
     monkeypatch.setattr(at, "_synchronize", lambda x: log.append("sync"))
+    import types
     clock = iter(range(100))
-    monkeypatch.setattr(at.time, "perf_counter", lambda: log.append("clock") or next(clock))
+    fake_time = types.SimpleNamespace(perf_counter=lambda: log.append("clock") or next(clock))
+    monkeypatch.setattr(at, "time", fake_time)  # the module's clock only, not pytest's
     monkeypatch.setattr(at, "input_gradient", lambda m, x, y: log.append("grad") or x)
     monkeypatch.setattr(at, "pgd", lambda m, x, y, e, **kw: x)
     monkeypatch.setattr(at, "accuracy", lambda m, x, y: 0.0)

@@ -25,11 +25,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from rmd_lib.attacks import BPDA
-from rmd_lib.attacks.first_order import _images_per_chunk as pgd_chunk
+from rmd_lib.attacks.first_order import pgd_chunk
 from rmd_lib.attacks.latent import latent_attack_chunk
 from rmd_lib.attacks.minmax import divergence, minmax_chunk
 from rmd_lib.attacks.unrolled import _unroll, unrolled_chunk
-from rmd_lib.dip import _images_per_chunk as dip_chunk
+from rmd_lib.dip import dip_chunk
 from rmd_lib.evaluation import predict_chunk
 from rmd_lib.memory import CUDA_SHARE
 from rmd_lib.models import BEGANGenerator, MnistClassifier
@@ -94,6 +94,8 @@ def rows(x: torch.Tensor, n: int) -> torch.Tensor:
 def sized(request, monkeypatch):
     """The profile and the GPU budget the library would see on its card."""
     gpu_gib, limit_gib = GPUS[request.param]
+    # addresses of weights freed by an earlier test may now hold activations
+    WEIGHTS.clear()
     monkeypatch.setenv("RMD_MEMORY_GB", str(CUDA_SHARE * gpu_gib))
     torch.manual_seed(0)
     return PROFILES[request.param], limit_gib * GiB
@@ -105,8 +107,10 @@ def check(name, chunk, n, row, fixed, params, data, limit, temporaries=None):
     assert 1 <= chunk <= n
     temporaries = row if temporaries is None else temporaries
     peak = chunk * (row + temporaries) + fixed + params + data
-    assert peak <= limit, (f"{name}: chunk {chunk} x {(row + temporaries) / 2**20:.1f} MiB "
-                           f"+ {(fixed + params + data) / GiB:.2f} GiB = {peak / GiB:.1f} GiB")
+    text = (f"{name}: chunk {chunk} of {n} x {(row + temporaries) / 2**20:.2f} MiB + "
+            f"{(fixed + params + data) / GiB:.2f} GiB = {peak / GiB:.2f} GiB")
+    print(text)  # shown with pytest -s: the model's numbers
+    assert peak <= limit, text
     return peak
 
 

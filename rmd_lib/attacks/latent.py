@@ -92,7 +92,7 @@ def latent_attack_chunk(inc: InvertAndClassify, x: torch.Tensor, y: torch.Tensor
         v = _violation(x_g - x_g.detach(), eps, norm)
         return (cw_margin(clf(x_g), y[:1], kappa) + v).sum()
 
-    row = 3 * saved_bytes(one_step)
+    row = 3 * saved_bytes(one_step, exclude=(G, clf))
     return min(x.shape[0], rows_per_chunk(row, budget_bytes(x.device),
                                           "latent_space_attack (one image)"))
 

@@ -229,5 +229,5 @@ def minmax_chunk(G: nn.Module, C: nn.Module, z1: torch.Tensor, z2: torch.Tensor,
         b = z2[:1].detach().to(device).clone().requires_grad_(True)
         xa, xb = G(a), G(b)
         return divergence(C(xa), C(xb), kind).sum() + (xa - xb).norm()
-    return min(z1.shape[0], rows_per_chunk(3 * saved_bytes(one_pair), budget_bytes(device),
-                                           "minmax_pairs (one pair)"))
+    row = 3 * saved_bytes(one_pair, exclude=(G, C))
+    return min(z1.shape[0], rows_per_chunk(row, budget_bytes(device), "minmax_pairs (one pair)"))

@@ -97,9 +97,11 @@ def unrolled_chunk(G: nn.Module, x: torch.Tensor, steps: int, restarts: int = 1,
     if z is None:
         z = sample_prior(G, restarts, torch.Generator().manual_seed(0)).to(x.device, x.dtype)
     x1 = x[:1].detach().clone().requires_grad_(x.requires_grad)
-    one = saved_bytes(lambda: _unroll(G, x1, z, 1, restarts, 0.1, (0.9, 0.999)))
+    one = saved_bytes(lambda: _unroll(G, x1, z, 1, restarts, 0.1, (0.9, 0.999)),
+                      exclude=G)
     if x.requires_grad:
-        two = saved_bytes(lambda: _unroll(G, x1, z, 2, restarts, 0.1, (0.9, 0.999)))
+        two = saved_bytes(lambda: _unroll(G, x1, z, 2, restarts, 0.1, (0.9, 0.999)),
+                          exclude=G)
         per_step = max(two - one, 0)
         row = one + (steps - 1) * per_step + 2 * max(per_step, one)
     else:
