@@ -1,9 +1,10 @@
 """The memory model, checked on the CPU at the `colab` and `paper` sizes.
 
 For each function whose memory grows with images x restarts x steps, this test measures
-what one more row costs: the bytes of the tensors autograd saves (counted with
-``torch.autograd.graph.saved_tensors_hooks``, every saved tensor at its full size, so
-shared storages count twice: an upper bound) for a computation on one row and on two, with
+what one more row costs: the bytes of the tensors autograd saves and still holds at the end
+of the forward pass (counted with ``torch.autograd.graph.saved_tensors_hooks``, every saved
+tensor at its full size, so shared storages count twice: an upper bound) for a computation
+on one row and on two, with
 the real architectures at the profile's widths and resolutions (random weights: memory does
 not depend on their values). It then asks the library which chunk it would pick on the GPU
 the profile is for, with the GPU's budget set through RMD_MEMORY_GB, and checks that
@@ -18,6 +19,7 @@ from one step and two), so a wrong measurement or extrapolation there fails here
 from __future__ import annotations
 
 import math
+import weakref
 
 import pytest
 import torch
@@ -45,22 +47,29 @@ GPUS = {"colab": (15.0, 12.0), "paper": (80.0, 70.0)}
 
 
 def saved(fn) -> int:
-    """Bytes of every tensor autograd saves while fn() runs, each at its full size, except
-    the models' own weights (resident anyway, and counted as parameters)."""
-    total = 0
+    """Bytes of every tensor autograd saved while fn() ran and still holds when it ends
+    (what the backward pass needs; an inner loop's steps, such as the projection inside
+    BPDA, are freed on the way and bounded by that loop's own chunk), each at its full
+    size, except the models' own weights (resident anyway, counted as parameters)."""
+    kept = []
 
     def pack(t):
-        nonlocal total
+        kept.append(weakref.ref(t))
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()  # held until the count: its graph is what a backward pass would use
+    total = 0
+    for t in (r() for r in kept):
+        if t is None:
+            continue
         try:
             is_weight = t.untyped_storage().data_ptr() in WEIGHTS
         except (RuntimeError, NotImplementedError):  # a functorch wrapper: never a weight
             is_weight = False
         if not is_weight:
             total += t.numel() * t.element_size()
-        return t
-
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
+    del out
     return total
 
 
@@ -139,7 +148,7 @@ def test_projection(sized, case):
 
     def step(k):
         z = G.sample_latent(k * restarts).requires_grad_(True)
-        (G(z) - x).pow(2).flatten(1).mean(1).sum()
+        return (G(z) - x).pow(2).flatten(1).mean(1).sum()
     row, fixed = per_row(step)
     chunk = projection_chunk(G, rows(x, n), restarts)
     check(f"project {case}", chunk, n, row, fixed, nbytes(G), n * x[0].nbytes, limit)
@@ -156,7 +165,7 @@ def test_minmax_pairs(sized, case):
         a = G.sample_latent(k).requires_grad_(True)
         b = G.sample_latent(k).requires_grad_(True)
         xa, xb = G(a), G(b)
-        (divergence(C(xa), C(xb), "sym_kl").sum() + (xa - xb).norm()).backward()
+        return divergence(C(xa), C(xb), "sym_kl").sum() + (xa - xb).norm()
     row, fixed = per_row(step)
     z = G.sample_latent(1)
     chunk = minmax_chunk(G, C, rows(z, n), rows(z, n))
@@ -177,7 +186,7 @@ def test_pgd_on_bpda_with_eot(sized, case, backward):
 
     def step(k):
         xk = x[:k].clone().requires_grad_(True)
-        F.cross_entropy(model(xk), y[:k]).backward()
+        return F.cross_entropy(model(xk), y[:k])
     row, fixed = per_row(step)
     chunk = pgd_chunk(model, rows(x, n), rows(y[:, None], n)[:, 0], "pgd")
     check(f"pgd on BPDA {backward} {case}", chunk, n, row, fixed, nbytes(G, C),
@@ -193,7 +202,7 @@ def test_latent_space_attack(sized):
     def step(k):
         z = G.sample_latent(k).requires_grad_(True)
         x_g = G(z)
-        (C(x_g).logsumexp(1) + (x_g - x_g.detach()).flatten(1).norm(dim=1)).sum().backward()
+        return (C(x_g).logsumexp(1) + (x_g - x_g.detach()).flatten(1).norm(dim=1)).sum()
     row, fixed = per_row(step)
     z = G.sample_latent(1)
     x = G(z).detach()
@@ -214,7 +223,7 @@ def test_unrolled_projection(sized):
     def chain(m):
         xm = x[:m].clone().requires_grad_(True)
         out = _unroll(G, xm, z[:m * restarts], k, restarts, 0.1, (0.9, 0.999))
-        C(out).sum().backward()
+        return C(out).sum()
     row, fixed = per_row(chain)
     # The backward pass through a chain frees each step's tensors as it passes them: its
     # temporaries are those of a step or two, not of the whole chain.
@@ -240,7 +249,7 @@ def test_dip_fit(sized):
     def fit_step(k):
         net = DIPNet(32, 3, P.dip_width, 4, P.dip_depth, copies=k)
         out = net(torch.rand(1, 32 * k, size, size))
-        out.pow(2).mean().backward()
+        return out.pow(2).mean()
     row, fixed = per_row(fit_step)
     params = nbytes(DIPNet(32, 3, P.dip_width, 4, P.dip_depth))
     x = torch.rand(1, 3, size, size)
