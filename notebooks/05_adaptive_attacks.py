@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -73,10 +73,12 @@ if "google.colab" in sys.modules:
     import subprocess
 
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "git+https://github.com/rmd-course/robust-manifold-defense-book"], check=True)
+                    "git+https://github.com/rmd-course/robust-manifold-defense-book"],
+                   check=True)
 
 # %% tags=["parameters"]
-profile = "auto"      # "smoke" (CI), "standard" (CPU), "colab" (a T4), "paper"; "auto": colab on CUDA
+profile = "auto"      # "smoke" (CI), "standard" (CPU), "colab" (a T4), "paper";
+                      # "auto": colab on CUDA
 seed = 0
 dataset = "all"       # "mnist", "fashion_mnist", a comma-separated list, or "all"
 device = "auto"       # "auto", "cpu" or "cuda"
@@ -89,8 +91,8 @@ generator = "vae"     # the generator INC projects onto: "vae" or "gan"
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from rmd_lib.attack_tables import robust_accuracy_table
-from rmd_lib.attacks import BPDA, fgsm, latent_space_attack, pgd
+from rmd_lib.attack_tables import robust_accuracy_table, worst_case_with
+from rmd_lib.attacks import BPDA, fgsm, latent_space_attack, pgd, square_attack
 from rmd_lib.data import dataset_names
 from rmd_lib.evaluation import markdown_table, start_run
 from rmd_lib.experiment import prepare
@@ -100,7 +102,8 @@ set_style()
 run = start_run("adaptive_attacks", profile, seed, device, results_dir)
 P, dev = run.profile, run.device
 names = dataset_names(dataset)
-setups = prepare(run, names, generator=generator, data_dir=data_dir, cache_dir=cache_dir)
+setups = prepare(run, names, generator=generator, data_dir=data_dir,
+                 cache_dir=cache_dir)
 EPS = {"linf": [0.1, 0.2, 0.3], "l2": [1.0, 2.0, 3.0]}
 
 # %% tags=["remove-input"]
@@ -372,7 +375,9 @@ glue("defense_proj", budget_text(P.proj_steps, P.proj_restarts), display=False)
 # The defense is INC with the budget of the previous chapters. The attacker knows the
 # generator and the classifier but not the defense's random restarts; inside each of its
 # PGD steps it runs a cheaper projection of its own ({glue:text}`attack_proj`, against
-# the defense's {glue:text}`defense_proj`), and the final adversarial images are judged by
+# the defense's {glue:text}`defense_proj`, with every restart run to the end: pruning
+# would keep each image's best restart by its error after a few steps, before a restart
+# that started far away has caught up), and the final adversarial images are judged by
 # the full defense. Every attack
 # is a function of $(x, y, \varepsilon, \text{norm})$, so one table function runs them all
 # and adds the **worst case**: an image counts as robust only if INC gets it right when
@@ -384,35 +389,153 @@ glue("defense_proj", budget_text(P.proj_steps, P.proj_restarts), display=False)
 # %%
 def attacks_for(s):
     clf = s.classifier
-    mirror = s.inc(P, seed + 1, steps=P.attack_proj[0], restarts=P.attack_proj[1])
-    full = s.inc(P, seed + 2)  # the attacker's own full-budget projection, for the start z0
+    mirror = s.attacker_inc(P, seed + 1)  # the short projection, every restart run
+    # the attacker's own full-budget projection, for the latent attack's start z0
+    full = s.inc(P, seed + 2)
     steps = dict(steps=P.adaptive_steps, seed=seed)
     return {
         "FGSM (transfer)": lambda x, y, e, n: fgsm(clf, x, y, e, norm=n),
         "PGD (transfer)": lambda x, y, e, n: pgd(clf, x, y, e, norm=n, **steps),
         "BPDA": lambda x, y, e, n: pgd(BPDA(mirror), x, y, e, norm=n, **steps),
-        "BPDA+EOT": lambda x, y, e, n: pgd(BPDA(mirror, P.eot_samples), x, y, e, norm=n, **steps),
-        "tangent BPDA+EOT": lambda x, y, e, n: pgd(BPDA(mirror, P.eot_samples, backward="tangent"),
-                                                   x, y, e, norm=n, **steps),
-        "latent": lambda x, y, e, n: latent_space_attack(full, x, y, e, norm=n, steps=P.latent_steps),
+        "BPDA+EOT": lambda x, y, e, n: pgd(
+            BPDA(mirror, P.eot_samples), x, y, e, norm=n, **steps),
+        "tangent BPDA+EOT": lambda x, y, e, n: pgd(
+            BPDA(mirror, P.eot_samples, backward="tangent"), x, y, e, norm=n, **steps),
+        "latent": lambda x, y, e, n: latent_space_attack(
+            full, x, y, e, norm=n, steps=P.latent_steps),
     }
+
+
+def square_for(defense):
+    """Square Attack on the defense itself: each query a full INC call."""
+    def attack(x, y, eps, norm):
+        with run.timer("square"):  # its share of the attacks' time, reported below
+            return square_attack(defense, x, y, eps, norm=norm,
+                                 queries=P.square_queries, p_init=0.8, seed=seed)
+    return {"Square": attack}
+
+
+def dashes(rows):
+    """Rows for display: a cell with no number (NaN: no attack ran) as a dash."""
+    return [{k: "–" if isinstance(v, float) and v != v else v for k, v in r.items()}
+            for r in rows]
 
 
 FIRST_ORDER = ("FGSM (transfer)", "PGD (transfer)")
 ADAPTIVE = ("BPDA", "BPDA+EOT", "tangent BPDA+EOT", "latent")
+WITH_SQUARE = worst_case_with(["Square"])
 tables, clean = {}, {}
 with run.timer("attacks"):
     for name, s in setups.items():
         x, y = s.test_images(P.n_adaptive, dev)
         defense, attacks = s.inc(P, seed), attacks_for(s)
-        tables[name] = {norm: robust_accuracy_table(defense, x, y, attacks, eps, norm=norm)
-                        for norm, eps in EPS.items()}
+        tables[name] = {
+            norm: robust_accuracy_table(defense, x, y, attacks, eps, norm=norm,
+                                        costly=square_for(defense), costly_n=P.square_n)
+            for norm, eps in EPS.items()}
         clean[name] = tables[name][next(iter(EPS))][0]["clean"]
 
 for name in names:
     for norm in EPS:
-        display(Markdown(f"**{name}, {norm}**: accuracy of INC ({P.n_adaptive} test images)\n\n"
-                         + markdown_table(tables[name][norm])))
+        head = (f"**{name}, {norm}**: accuracy of INC ({P.n_adaptive} test images; "
+                f"Square on the first {P.square_n})")
+        display(Markdown(head + "\n\n" + markdown_table(dashes(tables[name][norm]))))
+
+# %% [markdown]
+# ## A gradient-free check: Square Attack
+#
+# Every attack above either transfers from the classifier or follows a surrogate
+# gradient: the identity, the tangent projector, or the latent attack's derivative of
+# $G$. Were a surrogate misleading, pointing where the real defense does not go, these
+# attacks could fail together and the table would overstate INC's robustness. The
+# evaluation checklist of {cite:t}`carlini2019evaluating` therefore asks for an attack
+# that uses no gradient at all. Square Attack {cite:p}`andriushchenko2020square` is one:
+# a random search that reads only the defense's outputs. It queries INC as deployed, the
+# full projection with fresh random restarts at every call, so there is no surrogate to
+# fool it.
+#
+# It lowers the margin
+#
+# $$
+# L(x') = f_y(x') - \max_{k \neq y} f_k(x'),
+# $$
+#
+# the true class's logit minus the largest other one; $L < 0$ means INC misclassifies
+# $x'$. It starts at a random point on the edge of the budget. Each iteration proposes a
+# change confined to one square window at a random position, queries the defense once,
+# and keeps the proposal only if $L$ went down. The window covers a fraction $p$ of the
+# pixels, and $p$ halves on a fixed schedule as the queries run out: coarse moves first,
+# fine ones later. An image stops as soon as $L < 0$.
+#
+# - $L_\infty$: the start is $x$ plus vertical stripes of $\pm\varepsilon$. A proposal
+#   sets every pixel of the window, per channel, to $x \pm \varepsilon$ with one random
+#   sign, clipped to $[0, 1]$, so the perturbation stays on the corners of the
+#   $\varepsilon$-box, where a budget moves a linear score the most.
+# - $L_2$: a proposal takes the perturbation's mass inside the window and inside a
+#   second random window, and puts it into the first as a centred pattern of nested
+#   squares (weights falling as $1/(k+1)^2$ from the centre) plus the window's old
+#   direction, rescaled so that $\lVert x' - x \rVert_2 = \varepsilon$.
+#
+# Every query costs a full projection of the images still running, so Square runs on
+# the first {glue:text}`square_n` test images only, at the largest budget of each norm,
+# with at most {glue:text}`square_queries` queries per image, and a large first window
+# ($p = 0.8$ of the pixels, as suits small images). In this run it took
+# {glue:text}`square_seconds` of the attacks' {glue:text}`attack_seconds`. Its columns
+# in the tables above are paired with the rest: the same images, scored on the same
+# draw of INC's restarts (image $i$'s draw depends on its index, not on the batch it is
+# scored in). `first n` counts those images, `worst case, first n` is the worst case of
+# the other attacks on them, and the last column adds Square, image by image.
+#
+# **What to expect.** If BPDA, EOT and the latent attack are sound, they have already
+# broken what a random search with this many queries can break, and Square adds
+# almost nothing to the worst case. The images that only Square broke should be at most
+# two of the first $n$. Two rather than none, because an image near INC's decision
+# boundary lands on either side depending on the draw of restarts: a search that kept
+# one lucky draw's proposal can score such an image as broken without having found
+# anything the gradient attacks missed. More than two would mean that the surrogate
+# gradients miss something the real defense does.
+
+# %%
+square_rows, square_headline = [], {}
+n_sq = P.square_n
+for name in names:
+    for norm in EPS:
+        top = tables[name][norm][-1]
+        # per image, the AND is monotone: the worst case drops, when Square joins, by
+        # exactly the share of the first n that Square broke and no other attack did
+        others, both = top["worst case, first n"], top[WITH_SQUARE]
+        only = others - both
+        square_rows.append({"dataset": name, "norm": norm, "eps": top["eps"],
+                            "first n": n_sq, "other attacks": others,
+                            "Square": top["Square"], "all, with Square": both,
+                            "broken by Square only": round(only * n_sq)})
+        key = f"{name}_{norm}_{top['eps']:g}"
+        square_headline[f"{key}_square"] = top["Square"]
+        square_headline[f"{key}_worst_case_first_n"] = others
+        square_headline[f"{key}_worst_case_with_square"] = both
+        run.claim(f"{name} {norm} {top['eps']:g}: share of the first {n_sq} images "
+                  "that only Square broke", only, "<=", 2 / n_sq,
+                  why="prediction: sound surrogate gradients leave a random search "
+                      "almost nothing; two images for decisions that flip with the "
+                      "draw of INC's restarts",
+                  detail=f"worst case without Square {interval_text(others, n_sq)}, "
+                         f"with it {interval_text(both, n_sq)}")
+glue("square_n", n_sq, display=False)
+glue("square_queries", P.square_queries, display=False)
+glue("square_seconds", f"{run.timings['square']:.0f} s", display=False)
+glue("attack_seconds", f"{run.timings['attacks']:.0f} s", display=False)
+glue("square_only", ", ".join(
+    f"{r['dataset']} {r['norm']}: {r['broken by Square only']}" for r in square_rows),
+    display=False)
+display(Markdown(markdown_table(with_intervals(
+    square_rows, ["other attacks", "Square", "all, with Square"], n_sq))))
+
+# %% [markdown]
+# The images of the first {glue:text}`square_n` that Square broke and no other attack
+# did, per dataset and norm: {glue:text}`square_only`. The Square column alone is
+# usually well above the worst case of the others: a random search with this many
+# queries is a weaker attack than the gradient-based ones, and its job here is not to
+# win but to find what they could not.
 
 # %% [markdown]
 # ## Robust accuracy against the budget
@@ -429,9 +552,10 @@ for i, name in enumerate(names):
     for j, norm in enumerate(EPS):
         ax, rows = axes[i][j], tables[name][norm]
         eps = [0.0] + [r["eps"] for r in rows]
-        for k, attack in enumerate([a for a in rows[0] if a not in ("norm", "eps", "clean")]):
+        for k, attack in enumerate(FIRST_ORDER + ADAPTIVE + ("worst case",)):
+            dashed = "--" if attack in FIRST_ORDER else "-"
             style = dict(lw=3, color="k") if attack == "worst case" else dict(
-                ls="--" if attack in FIRST_ORDER else "-", marker="o", ms=3, color=f"C{k}")
+                ls=dashed, marker="o", ms=3, color=f"C{k}")
             acc = [clean[name]] + [r[attack] for r in rows]
             ax.errorbar(eps, acc, yerr=error_bars(acc, P.n_adaptive), capsize=2,
                         label=attack, **style)
@@ -516,6 +640,8 @@ for name, s in setups.items():
 #   norms, the `standard` models gave a smaller drop in $L_\infty$, and the threshold
 #   there is the measured drop less a margin. The box says so; the measured drops are in
 #   the table below, with the two figures' intervals.
+# - a prediction: of the first {glue:text}`square_n` images, at most two are broken by
+#   Square and by no other attack (the section on Square gives the reason).
 
 # %%
 headline, summary, versus, strongest = {}, [], [], []
@@ -560,7 +686,8 @@ glue("drop_linf", f"{P.adaptive_drop_linf:.0%}", display=False)
 glue("drop_l2", f"{P.adaptive_drop_l2:.0%}", display=False)
 display(Markdown(markdown_table(with_intervals(
     summary, ["first-order", "adaptive", "worst case, all attacks"], n_img))))
-run.write(headline, robust_accuracy=tables, summary=summary)
+run.write({**headline, **square_headline}, robust_accuracy=tables, summary=summary,
+          square=square_rows)
 run.report_claims()
 
 # %% [markdown]
@@ -611,7 +738,7 @@ run.report_claims()
 # S EOT samples, on the first dataset's images.
 # s = setups[names[0]]
 # x, y = s.test_images(P.n_adaptive, dev)
-# mirror = s.inc(P, seed + 1, steps=P.attack_proj[0], restarts=P.attack_proj[1])
+# mirror = s.attacker_inc(P, seed + 1)
 # for S in (1, 2, 4, 8):
 #     x_adv = pgd(BPDA(mirror, S, backward="tangent"), x, y, EPS["linf"][-1],
 #                 norm="linf", steps=P.adaptive_steps, seed=seed)

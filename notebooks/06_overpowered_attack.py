@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -117,10 +117,12 @@ if "google.colab" in sys.modules:
     import subprocess
 
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "git+https://github.com/rmd-course/robust-manifold-defense-book"], check=True)
+                    "git+https://github.com/rmd-course/robust-manifold-defense-book"],
+                   check=True)
 
 # %% tags=["parameters"]
-profile = "auto"      # "smoke" (CI), "standard" (CPU), "colab" (a T4), "paper"; "auto": colab on CUDA
+profile = "auto"      # "smoke" (CI), "standard" (CPU), "colab" (a T4), "paper";
+                      # "auto": colab on CUDA
 seed = 0
 dataset = "all"       # "mnist", "fashion_mnist", a comma-separated list, or "all"
 device = "auto"       # "auto", "cpu" or "cuda"
@@ -155,7 +157,8 @@ names = dataset_names(dataset)
 setups = prepare(run, names, generator=generator, data_dir=data_dir,
                  cache_dir=cache_dir)
 EPS = list(P.minmax_eps)
-# the budget of the figures and checks below: the one adversarial training uses next chapter
+# the budget of the figures and checks below:
+# the one adversarial training uses next chapter
 EPS_SHOW = P.at_eps if P.at_eps in EPS else EPS[-1]
 glue("n_pairs", P.minmax_n, display=False)
 glue("max_steps", P.minmax_steps, display=False)

@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -50,17 +50,22 @@ if "google.colab" in sys.modules:
     import subprocess
 
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "git+https://github.com/rmd-course/robust-manifold-defense-book"], check=True)
+                    "git+https://github.com/rmd-course/robust-manifold-defense-book"],
+                   check=True)
 
 # %% tags=["parameters"]
-profile = "auto"      # "smoke" (CI), "standard" (CPU), "colab" (a T4), "paper"; "auto": colab on CUDA
+profile = "auto"      # "smoke" (CI), "standard" (CPU), "colab" (a T4), "paper";
+                      # "auto": colab on CUDA
 seed = 0
 device = "auto"       # "auto", "cpu" or "cuda"
-dataset = "auto"      # "auto": CelebA if a copy is found, else the stand-in; "celeba"; "standin"
+dataset = "auto"      # "auto": CelebA if a copy is found, else the stand-in;
+                      # "celeba"; "standin"
 celeba_dir = None     # None: $RMD_CELEBA_DIR, else <data_dir>/celeba
-began_checkpoint = None  # a BEGAN state dict (path, or URL with began_sha256) instead of training
+began_checkpoint = None  # a BEGAN state dict (path, or URL with began_sha256)
+                         # instead of training
 began_sha256 = None
-data_dir = None       # None: $RMD_DATA_DIR, else data/; where the stand-in's data is found
+data_dir = None       # None: $RMD_DATA_DIR, else data/;
+                      # where the stand-in's data is found
 results_dir = None    # None: the repository's results/ folder
 cache_dir = None      # None: <data_dir>/cache; trained models are reused from here
 
@@ -85,21 +90,25 @@ set_style()
 run = start_run("faces", profile, seed, device, results_dir)
 P, dev = run.profile, run.device
 if dataset not in ("auto", "celeba", "standin"):
-    raise ValueError(f"dataset must be 'auto', 'celeba' or 'standin', got {dataset!r}.")
+    raise ValueError(f"dataset must be 'auto', 'celeba' or 'standin', "
+                     f"got {dataset!r}.")
 with run.timer("data"):
     if dataset == "standin":
         data, standin = load_face_standin(P.began_resolution, P.n_train, P.n_test,
                                           data_dir=data_dir), True
     else:  # "celeba" fails with instructions when no copy is found
-        data, standin = load_faces(celeba_dir, size=P.began_resolution, n_train=P.n_train,
-                                   n_test=P.n_test, allow_standin=dataset == "auto",
+        data, standin = load_faces(celeba_dir, size=P.began_resolution,
+                                   n_train=P.n_train, n_test=P.n_test,
+                                   allow_standin=dataset == "auto",
                                    data_dir=data_dir)
 run.record_data(data)
-DATA = ("stand-in (Fashion-MNIST T-shirt/top vs Shirt, not CelebA)" if standin else "CelebA")
+DATA = ("stand-in (Fashion-MNIST T-shirt/top vs Shirt, not CelebA)" if standin
+        else "CelebA")
 display(Markdown(
     f"```{{{'warning' if standin else 'note'}}}\n"
-    + (f"**This run used the stand-in, not CelebA.** Every number and figure below is the "
-       f"stand-in's: {data.source}.\n" if standin else f"This run used CelebA: {data.source}.\n")
+    + (f"**This run used the stand-in, not CelebA.** Every number and figure below "
+       f"is the stand-in's: {data.source}.\n" if standin
+       else f"This run used CelebA: {data.source}.\n")
     + "```"))
 
 # %% tags=["remove-input"]
@@ -124,16 +133,19 @@ run.banner()
 
 # %%
 with run.timer("training"):
-    clf = pretrained_or_train("classifier", data, P, seed=seed, device=dev, cache_dir=cache_dir)
-    G = pretrained_or_train("began", data, P, seed=seed, device=dev, cache_dir=cache_dir,
-                            checkpoint=began_checkpoint, sha256=began_sha256)
+    clf = pretrained_or_train("classifier", data, P, seed=seed, device=dev,
+                              cache_dir=cache_dir)
+    G = pretrained_or_train("began", data, P, seed=seed, device=dev,
+                            cache_dir=cache_dir, checkpoint=began_checkpoint,
+                            sha256=began_sha256)
 run.record_model("classifier", clf)
 run.record_model("began", G)
 x_test, y_test = data.x_test.to(dev), data.y_test.to(dev)
 clean_acc = accuracy(clf, x_test, y_test)
 
 with torch.no_grad():
-    samples = G(G.sample_latent(10, generator=torch.Generator().manual_seed(seed), device=dev))
+    samples = G(G.sample_latent(10, generator=torch.Generator().manual_seed(seed),
+                                device=dev))
 image_grid([x_test[:10], samples], row_labels=["data", "BEGAN samples"],
            suptitle=f"{DATA}: test images and samples from the BEGAN")
 plt.show()
@@ -152,14 +164,17 @@ x, y = x_test[:P.n_faces], y_test[:P.n_faces]
 steps_max, restarts_max = P.face_proj
 record = sorted({s for s in P.sweep_steps if s < steps_max} | {steps_max})
 with run.timer("sweep"):
-    sweep = project(G, x[:max(P.n_faces // 2, 1)], steps=steps_max, restarts=restarts_max,
-                    record_at=tuple(record), seed=seed, **EXHAUSTIVE)
-curves = {R: sweep.curve(R) for R in range(1, restarts_max + 1) if R in (1, 2, restarts_max)}
+    sweep = project(G, x[:max(P.n_faces // 2, 1)], steps=steps_max,
+                    restarts=restarts_max, record_at=tuple(record), seed=seed,
+                    **EXHAUSTIVE)
+curves = {R: sweep.curve(R) for R in range(1, restarts_max + 1)
+          if R in (1, 2, restarts_max)}
 fig, ax = plt.subplots(figsize=(5, 3.2))
 for R, curve in curves.items():
     ax.plot(list(curve), list(curve.values()), marker="o", ms=3, label=f"R = {R}")
 ax.set_xscale("log"), ax.set_xlabel("steps"), ax.set_ylabel("median per-pixel MSE")
-ax.set_title(f"{DATA}\nprojection error against steps and restarts", fontsize=9), ax.legend()
+ax.set_title(f"{DATA}\nprojection error against steps and restarts", fontsize=9)
+ax.legend()
 plt.show()
 
 inc = InvertAndClassify(G, clf, seed=seed, steps=steps_max, restarts=restarts_max)
@@ -183,10 +198,12 @@ display(Markdown(markdown_table([{
 
 # %%
 with run.timer("attacks"):
-    fgsm_rows = attack_table(clf, {"INC": inc}, x, y, {"FGSM": (fgsm, {})}, [0.0, *P.face_eps])
+    fgsm_rows = attack_table(clf, {"INC": inc}, x, y, {"FGSM": (fgsm, {})},
+                             [0.0, *P.face_eps])
     cw_rows = cw_table(clf, inc, x, y, P.cw_kappas, steps=P.cw_steps,
                        binary_steps=P.cw_binary_steps)
-display(Markdown(f"**FGSM** ({DATA}, {len(x)} test images)\n\n" + markdown_table(fgsm_rows)))
+display(Markdown(f"**FGSM** ({DATA}, {len(x)} test images)\n\n"
+                 + markdown_table(fgsm_rows)))
 display(Markdown(f"**Carlini–Wagner L2** ({DATA})\n\n" + markdown_table(cw_rows)))
 
 # %% [markdown]
@@ -243,10 +260,12 @@ display(Markdown(f"**Min-max pairs** ({DATA}, $L_2$ budget {eps_pairs:.2f})\n\n"
 ok = pairs.success.nonzero().flatten()
 top = ok[pairs.divergence[ok].argsort(descending=True)][:8]
 if len(top):
-    caption = [[f"{data.classes[c][:7]} {v:.2f}" for v, c in zip(*clf(xp[top]).softmax(1).max(1))]
+    caption = [[f"{data.classes[c][:7]} {v:.2f}"
+                for v, c in zip(*clf(xp[top]).softmax(1).max(1))]
                for xp in (pairs.x1, pairs.x2)]
     image_grid([pairs.x1[top], pairs.x2[top]], row_labels=["$G(z_1)$", "$G(z_2)$"],
-               titles=caption, suptitle=f"{DATA}: min-max pairs, L2 at most {eps_pairs:.2f}")
+               titles=caption,
+               suptitle=f"{DATA}: min-max pairs, L2 at most {eps_pairs:.2f}")
     plt.show()
 
 # %% [markdown]
@@ -271,17 +290,20 @@ with run.timer("manifold_training"):
     clf_m = robust_classifier("manifold", clf, data, P_faces, G=G, seed=seed,
                               cache_dir=cache_dir)
     pair_rows, paired = compare_pairs(G, {"standard": clf, "manifold-trained": clf_m},
-                                      eps_pairs, P.n_faces, steps=P.minmax_steps, seed=seed)
-    # the early-stopped search of the previous section, rerun against the fine-tuned model
-    pairs_m = minmax_pairs(G, clf_m, eps_pairs, P.n_faces, steps=P.minmax_steps, seed=seed)
+                                      eps_pairs, P.n_faces, steps=P.minmax_steps,
+                                      seed=seed)
+    # the early-stopped search of the previous section,
+    # rerun against the fine-tuned model
+    pairs_m = minmax_pairs(G, clf_m, eps_pairs, P.n_faces, steps=P.minmax_steps,
+                           seed=seed)
 run.record_model("classifier_manifold", clf_m)
 clean_m = accuracy(clf_m, x_test, y_test)
 at_rows = [{"clean": c, **r} for c, r in zip((clean_acc, clean_m), pair_rows)]
 diff = paired["manifold-trained"]
 display(Markdown(
     f"**Before and after, every search run to the end** ({DATA}; {P.n_faces} paired "
-    f"searches; success with its 95% Wilson interval; *mean score*: the divergence where "
-    f"valid, else 0)\n\n" + markdown_table(at_rows) + "\n\n"
+    f"searches; success with its 95% Wilson interval; *mean score*: the divergence "
+    f"where valid, else 0)\n\n" + markdown_table(at_rows) + "\n\n"
     f"Paired difference, fine-tuned minus standard: mean score "
     f"{diff['score']['mean']:+.3f} (95% interval {diff['score']['low']:+.3f} to "
     f"{diff['score']['high']:+.3f}); success {diff['success']['mean']:+.3f} "
@@ -289,7 +311,8 @@ display(Markdown(
     f"p = {diff['success']['p_mcnemar']:.2g})."))
 mix_rows = [{"classifier": label, **early_stop_mix(p, P.minmax_steps)}
             for label, p in (("standard", pairs), ("manifold-trained", pairs_m))]
-display(Markdown(f"**The early-stopped search's mean divergence, taken apart** ({DATA})\n\n"
+display(Markdown("**The early-stopped search's mean divergence, taken apart** "
+                 f"({DATA})\n\n"
                  + markdown_table(mix_rows)))
 
 # %% [markdown]
@@ -307,7 +330,8 @@ display(Markdown(f"**The early-stopped search's mean divergence, taken apart** (
 #   interval lies below zero.
 
 # %%
-headline = {"stand_in": float(standin), "classifier_clean": clean_acc, "inc_clean": inc_clean,
+headline = {"stand_in": float(standin), "classifier_clean": clean_acc,
+            "inc_clean": inc_clean,
             "projection_median_mse": float(proj.mse.median()),
             "manifold_clean": clean_m, "pairs_eps": eps_pairs,
             "substitute_queries": float(sub.queries)}
@@ -339,11 +363,13 @@ run.claim(f"FGSM {small_eps:g}: INC minus classifier accuracy on the same exampl
 if P.name != "smoke":
     run.claim("manifold training: mean pair score, fine-tuned minus standard "
               "(upper end of the paired 95% interval)", diff["score"]["high"], "<", 0,
-              why="the paper: training on the pairs lowers their divergence; a decrease is "
-                  "claimed only when the paired interval excludes zero",
-              detail=f"mean {diff['score']['mean']:+.3f}, interval {diff['score']['low']:+.3f} "
+              why="the paper: training on the pairs lowers their divergence; "
+                  "a decrease is claimed only when the paired interval excludes zero",
+              detail=f"mean {diff['score']['mean']:+.3f}, "
+                     f"interval {diff['score']['low']:+.3f} "
                      f"to {diff['score']['high']:+.3f}, n = {diff['score']['n']}")
-run.write(headline, data={"name": data.name, "stand_in": standin, "source": data.source},
+run.write(headline,
+          data={"name": data.name, "stand_in": standin, "source": data.source},
           fgsm=fgsm_rows, cw=cw_rows, substitute=sub_rows, adversarial_training=at_rows,
           paired_pairs=paired, early_stop_mix=mix_rows,
           projection_curves={str(R): c for R, c in curves.items()})

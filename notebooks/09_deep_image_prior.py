@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -82,17 +82,23 @@ if "google.colab" in sys.modules:
     import subprocess
 
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "git+https://github.com/rmd-course/robust-manifold-defense-book"], check=True)
+                    "git+https://github.com/rmd-course/robust-manifold-defense-book"],
+                   check=True)
 
 # %% tags=["parameters"]
-profile = "auto"      # "smoke" (CI), "standard" (CPU), "colab" (a T4), "paper"; "auto": colab on CUDA
+profile = "auto"      # "smoke" (CI), "standard" (CPU), "colab" (a T4), "paper";
+                      # "auto": colab on CUDA
 seed = 0
 device = "auto"       # "auto", "cpu" or "cuda"
-classifier = "auto"   # "resnet50", "efficientnet_lite0", or "auto" (ResNet-50 if its weights load)
-dataset = "offline"   # "offline" (foolbox's 20 photos), "imagenette", or a folder with labels.csv
-data_dir = None       # where Imagenette is downloaded to (None: the repository's data/ folder)
+classifier = "auto"   # "resnet50", "efficientnet_lite0", or "auto"
+                      # (ResNet-50 if its weights load)
+dataset = "offline"   # "offline" (foolbox's 20 photos), "imagenette",
+                      # or a folder with labels.csv
+data_dir = None       # where Imagenette is downloaded to
+                      # (None: the repository's data/ folder)
 results_dir = None    # None: the repository's results/ folder
-cache_dir = None      # unused: this chapter trains no model (kept for the common interface)
+cache_dir = None      # unused: this chapter trains no model
+                      # (kept for the common interface)
 
 # %%
 import types
@@ -107,7 +113,8 @@ from rmd_lib.attacks import bim, pgd
 from rmd_lib.dip import DIPBPDA, DIPDefense, deep_image_prior
 from rmd_lib.evaluation import (accuracy, markdown_table, paired_difference, start_run,
                                 wilson_interval)
-from rmd_lib.imagenet import imagenet_class_names, imagenet_classifier, load_imagenet_images
+from rmd_lib.imagenet import (imagenet_class_names, imagenet_classifier,
+                              load_imagenet_images)
 from rmd_lib.models.dip import DIPNet
 from rmd_lib.plotting import set_style
 from rmd_lib.profiles import PROFILES
@@ -116,7 +123,8 @@ from rmd_lib.training import seeded
 
 try:
     from myst_nb import glue  # the book pastes these values into the text
-except ImportError:  # on Colab the book's extras are not installed: the values print below
+except ImportError:
+    # on Colab the book's extras are not installed: the values print below
     def glue(name, value, display=True):
         pass
 
@@ -135,7 +143,8 @@ print(f"{clf.provenance}\n{n} images ({P.dip_size}x{P.dip_size}) from {photos.so
 
 
 def with_interval(acc: float, n: int = n) -> str:
-    """An accuracy over n images with its 95% Wilson interval, for tables and the text."""
+    """An accuracy over n images with its 95% Wilson interval,
+    for tables and the text."""
     low, high = wilson_interval(round(acc * n), n)
     return f"{acc:.2f} [{low:.2f}, {high:.2f}]"
 
@@ -183,8 +192,9 @@ if P.dip_size != 224:
     acc_224 = accuracy(clf, at_224.x.to(dev), at_224.y.to(dev))
     del at_224
     size_note = (f"At {P.dip_size}×{P.dip_size} the classifier gets "
-                 f"{with_interval(accuracy(clf, x, y))} of these photos right; at its own "
-                 f"224×224, {with_interval(acc_224)} (accuracy [95% Wilson interval]).")
+                 f"{with_interval(accuracy(clf, x, y))} of these photos right; "
+                 f"at its own 224×224, {with_interval(acc_224)} "
+                 "(accuracy [95% Wilson interval]).")
 else:
     size_note = "These photos are at the classifier's own 224×224."
 glue("size_note", size_note, display=False)
@@ -204,22 +214,25 @@ print(size_note)
 
 # %%
 def dip_fit(x, stop, *, width, depth, lr=0.01, seed=0, index=0, sigma=1 / 30, noise=32):
-    """DIP reconstruction of one image x (3, H, W) in [0, 1]: the output at step ``stop``."""
-    keys = (seed, index, 0, 0)  # the library's stream of image ``index``, call 0, sample 0
+    """DIP reconstruction of one image x (3, H, W) in [0, 1]:
+    the output at step ``stop``."""
+    # the library's stream of image ``index``, call 0, sample 0
+    keys = (seed, index, 0, 0)
     with seeded(stream_seed(*keys, 0)):  # stream 0: the network's initial weights
         net = DIPNet(noise, 3, width, 4, depth).to(x.dtype)
-    g_input = torch.Generator().manual_seed(stream_seed(*keys, 1))  # stream 1: the input u
+    # stream 1: the input u
+    g_input = torch.Generator().manual_seed(stream_seed(*keys, 1))
     u = torch.rand(1, noise, *x.shape[1:], generator=g_input, dtype=x.dtype) / 10
     g_noise = torch.Generator().manual_seed(stream_seed(*keys, 2))  # stream 2: the xi_t
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     for t in range(1, stop + 1):
         xi = torch.randn(u.shape, generator=g_noise, dtype=x.dtype)
-        x_hat = net(u + sigma * xi)[0]           # hat x_t = f_{theta^(t-1)}(u + sigma xi_t)
-        loss = (x_hat - x).pow(2).mean()         # L_t, the per-pixel squared error
+        x_hat = net(u + sigma * xi)[0]    # hat x_t = f_{theta^(t-1)}(u + sigma xi_t)
+        loss = (x_hat - x).pow(2).mean()  # L_t, the per-pixel squared error
         opt.zero_grad()
         loss.backward()
-        opt.step()                               # theta^(t)
-    return x_hat.detach()                        # early stopping: T = stop
+        opt.step()                        # theta^(t)
+    return x_hat.detach()                 # early stopping: T = stop
 
 
 # The check: two photos, shrunk to the smallest size this network's depth allows, fitted
@@ -232,10 +245,10 @@ ours = torch.stack([dip_fit(x_small[i], check_steps, index=i, seed=seed, **DIP)
 library = deep_image_prior(x_small, check_steps, seed=seed, **DIP).final
 gap = float((ours - library).abs().max())
 # In float64 the two differ only in the order of sums inside the batched (grouped)
-# convolutions, about 1e-16 a step; 1e-8 leaves that room and still catches any change of
-# algorithm (another stream, step or loss moves pixels by 1e-3 or more).
-print(f"largest pixel difference, reference vs library ({side}x{side}, {check_steps} steps, "
-      f"float64): {gap:.1e}")
+# convolutions, about 1e-16 a step; 1e-8 leaves that room and still catches any
+# change of algorithm (another stream, step or loss moves pixels by 1e-3 or more).
+print(f"largest pixel difference, reference vs library ({side}x{side}, "
+      f"{check_steps} steps, float64): {gap:.1e}")
 assert gap < 1e-8, f"the reference fit and the library disagree by {gap:.1e}"
 glue("check_gap", f"{gap:.1e}", display=False)
 glue("check_side", side, display=False)
@@ -257,8 +270,10 @@ bim_rows = [{"eps (x255)": round(255 * e, 2), "classifier": accuracy(clf, x_adv[
             for e in EPS]
 clean_acc = accuracy(clf, x, y)
 display(Markdown(
-    f"Accuracy [95% Wilson interval] on {n} photos; clean: {with_interval(clean_acc)}.\n\n"
-    + markdown_table([{"eps (x255)": r["eps (x255)"], "classifier": with_interval(r["classifier"])}
+    f"Accuracy [95% Wilson interval] on {n} photos; "
+    f"clean: {with_interval(clean_acc)}.\n\n"
+    + markdown_table([{"eps (x255)": r["eps (x255)"],
+                       "classifier": with_interval(r["classifier"])}
                       for r in bim_rows])))
 
 # %% [markdown]
@@ -287,14 +302,16 @@ for k, step in enumerate(fit.steps):
         row[f"{name}: MSE to clean"] = float((fit.images[k][part] - x).pow(2).mean())
     curve.append(row)
 display(Markdown(markdown_table(
-    [{c: (with_interval(v) if c in groups else v) for c, v in r.items()} for r in curve],
+    [{c: (with_interval(v) if c in groups else v) for c, v in r.items()}
+     for r in curve],
     digits=4)))
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
 for g, name in enumerate(groups):
     acc = [r[name] for r in curve]
     ci = [wilson_interval(round(a * n), n) for a in acc]
-    err = [[a - lo for a, (lo, hi) in zip(acc, ci)], [hi - a for a, (lo, hi) in zip(acc, ci)]]
+    err = [[a - lo for a, (lo, hi) in zip(acc, ci)],
+           [hi - a for a, (lo, hi) in zip(acc, ci)]]
     axes[0].errorbar(fit.steps, acc, yerr=err, fmt="o-", ms=3, capsize=2, color=f"C{g}",
                      label=name)
     axes[1].plot(fit.steps, [r[f"{name}: MSE to clean"] for r in curve], "o-", ms=3,
@@ -303,7 +320,8 @@ axes[0].axhline(clean_acc, color="k", ls=":", label="clean, no DIP")
 axes[0].axvline(P.dip_stop, color="grey", ls="--", lw=1)
 axes[0].set_xlabel("DIP steps"), axes[0].set_ylabel("accuracy (95% Wilson interval)")
 axes[0].set_ylim(-0.02, 1.02), axes[0].legend(fontsize=7)
-axes[1].set_xlabel("DIP steps"), axes[1].set_ylabel("MSE of the reconstruction to the clean image")
+axes[1].set_xlabel("DIP steps")
+axes[1].set_ylabel("MSE of the reconstruction to the clean image")
 axes[1].set_yscale("log")
 fig.suptitle(f"profile {P.name}: {n} photos at {P.dip_size}x{P.dip_size}, "
              f"DIP width {P.dip_width}", fontsize=9)
@@ -323,15 +341,16 @@ for name in list(groups)[1:]:
     if acc[-1] < best:
         reached.append(name)
 if reached:
-    peak_note = (f"In this run ({'; '.join(summary)}), the curves of {', '.join(reached)} "
+    peak_note = (f"In this run ({'; '.join(summary)}), "
+                 f"the curves of {', '.join(reached)} "
                  f"fall after their best step: that is the early-stopping peak. With "
                  f"{n} photos, a fall of one or two photos is within the error bars.")
 else:
-    peak_note = (f"In this run ({'; '.join(summary)}), no adversarial curve falls after its "
-                 f"best step: this build does not reach the early-stopping peak. At this "
-                 f"network size and step count the reconstructions have not started to "
-                 f"refit the perturbation, so stopping earlier cannot help here. The defense "
-                 f"here stops at step {P.dip_stop}.")
+    peak_note = (f"In this run ({'; '.join(summary)}), no adversarial curve falls "
+                 "after its best step: this build does not reach the early-stopping "
+                 "peak. At this network size and step count the reconstructions have "
+                 "not started to refit the perturbation, so stopping earlier cannot "
+                 f"help here. The defense here stops at step {P.dip_stop}.")
 glue("peak_note", peak_note, display=False)
 print(peak_note)
 
@@ -358,19 +377,23 @@ print(peak_note)
 
 # %%
 stop = fit.steps.index(P.dip_stop)
-table = [{"input": "clean", "unprotected": clean_acc, "DIP-protected": curve[stop]["clean"]}]
+table = [{"input": "clean", "unprotected": clean_acc,
+          "DIP-protected": curve[stop]["clean"]}]
 for e, name in zip(EPS, list(groups)[1:]):
     table.append({"input": name, "unprotected": accuracy(clf, x_adv[e], y),
                   "DIP-protected": curve[stop][name]})
 display(Markdown(f"Accuracy [95% Wilson interval] on {n} photos, DIP stopped at step "
                  f"{P.dip_stop}\n\n" + markdown_table(
-                     [{"input": r["input"], "unprotected": with_interval(r["unprotected"]),
-                       "DIP-protected": with_interval(r["DIP-protected"])} for r in table])))
+                     [{"input": r["input"],
+                       "unprotected": with_interval(r["unprotected"]),
+                       "DIP-protected": with_interval(r["DIP-protected"])}
+                      for r in table])))
 
 # %%
 e_show = EPS[-1]
 k = len(EPS)
-rows = [x[:4], fit.images[stop][:4], x_adv[e_show][:4], fit.images[stop][k * n:k * n + 4]]
+rows = [x[:4], fit.images[stop][:4],
+        x_adv[e_show][:4], fit.images[stop][k * n:k * n + 4]]
 fig, axes = plt.subplots(4, 4, figsize=(8.5, 9))
 labels = ["original", f"its DIP ({P.dip_stop} steps)", f"BIM {255 * e_show:g}/255",
           "its DIP"]
@@ -379,7 +402,8 @@ for i, imgs in enumerate(rows):
         pred = clf(imgs).argmax(1).tolist()
     for j in range(4):
         ax = axes[i][j]
-        ax.imshow(imgs[j].permute(1, 2, 0).cpu().numpy()), ax.set_xticks([]), ax.set_yticks([])
+        ax.imshow(imgs[j].permute(1, 2, 0).cpu().numpy())
+        ax.set_xticks([]), ax.set_yticks([])
         ax.set_title(CLASSES[pred[j]][:18], fontsize=8,
                      color="C2" if pred[j] == int(y[j]) else "C3")
     axes[i][0].set_ylabel(labels[i], fontsize=8)
@@ -414,15 +438,16 @@ plt.show()
 glue("bpda_steps", P.dip_bpda_steps, display=False)
 glue("bpda_eps", ", ".join(f"{255 * e:g}/255" for e in P.dip_bpda_eps), display=False)
 bpda_strength = (
-    f"A PGD of only {P.dip_bpda_steps} steps is a weak attack: the protected accuracy under "
-    "it is an upper bound on what a stronger attacker (more steps, restarts, EOT) would "
-    "leave, not an estimate of it." if P.dip_bpda_steps < 10 else
+    f"A PGD of only {P.dip_bpda_steps} steps is a weak attack: the protected "
+    "accuracy under it is an upper bound on what a stronger attacker (more steps, "
+    "restarts, EOT) would leave, not an estimate of it." if P.dip_bpda_steps < 10 else
     f"Even with {P.dip_bpda_steps} PGD steps this is one attacker among many: the "
     "protected accuracy under it is an upper bound on the defense's robust accuracy.")
 glue("bpda_strength", bpda_strength, display=False)
 
 defense = DIPDefense(clf, P.dip_stop, seed=seed, **DIP)
-attacker = DIPBPDA(DIPDefense(clf, P.dip_stop, seed=seed + 1000, **DIP), samples=P.dip_eot)
+attacker = DIPBPDA(DIPDefense(clf, P.dip_stop, seed=seed + 1000, **DIP),
+                   samples=P.dip_eot)
 bpda_rows, bpda_shown = [], []
 with run.timer("bpda"):
     for e in P.dip_bpda_eps:
@@ -433,7 +458,8 @@ with run.timer("bpda"):
         adaptive = correct(defense, x_bpda, y)
         diff = paired_difference(transfer, adaptive)
         bpda_rows.append({"eps (x255)": round(255 * e, 2),
-                          "DIP-protected, BIM on the classifier": float(transfer.float().mean()),
+                          "DIP-protected, BIM on the classifier":
+                              float(transfer.float().mean()),
                           "DIP-protected, BPDA": float(adaptive.float().mean()),
                           "paired difference": diff["mean"], "low": diff["low"],
                           "high": diff["high"], "McNemar p": diff["p_mcnemar"]})
@@ -446,8 +472,9 @@ with run.timer("bpda"):
             "BPDA minus BIM [95% interval]":
                 f"{diff['mean']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}]",
             "McNemar p": f"{diff['p_mcnemar']:.2g}"})
-display(Markdown(f"DIP-protected accuracy [95% Wilson interval] on {n} photos, both judged "
-                 "by the same networks per photo\n\n" + markdown_table(bpda_shown)))
+display(Markdown(f"DIP-protected accuracy [95% Wilson interval] on {n} photos, "
+                 "both judged by the same networks per photo\n\n"
+                 + markdown_table(bpda_shown)))
 
 # %% [markdown]
 # ## Takeaways
@@ -482,21 +509,25 @@ for b in bpda_rows:
     headline[f"eps{b['eps (x255)']:g}_bpda"] = b["DIP-protected, BPDA"]
 run.claim(f"BIM {255 * EPS[-1]:g}/255: unprotected accuracy minus clean",
           table[-1]["unprotected"] - clean_acc, "<", 0,
-          why="prediction: an attack crafted on the classifier lowers its accuracy on the "
-              "same photos (direction only: both are measured on the same photos, so there "
-              "is no sampling error between them)")
+          why="prediction: an attack crafted on the classifier lowers its accuracy on "
+              "the same photos (direction only: both are measured on the same photos, "
+              "so there is no sampling error between them)")
 for b in bpda_rows:
-    run.claim(f"eps {b['eps (x255)']:g}/255: BPDA minus BIM-transfer protected accuracy",
-              b["DIP-protected, BPDA"] - b["DIP-protected, BIM on the classifier"], "<=", 1 / n,
-              why="prediction: an attack that sees the defense does at least as well as one "
-                  "that does not; one photo of margin, because the attacker's networks are "
-                  "not the defense's (another seed)",
-              detail=f"paired 95% interval {b['low']:+.3f} to {b['high']:+.3f}, n = {n}")
+    run.claim(f"eps {b['eps (x255)']:g}/255: "
+              "BPDA minus BIM-transfer protected accuracy",
+              b["DIP-protected, BPDA"] - b["DIP-protected, BIM on the classifier"],
+              "<=", 1 / n,
+              why="prediction: an attack that sees the defense does at least as well "
+                  "as one that does not; one photo of margin, because the attacker's "
+                  "networks are not the defense's (another seed)",
+              detail=f"paired 95% interval {b['low']:+.3f} to {b['high']:+.3f}, "
+                     f"n = {n}")
 intervals = {r["input"]: {c: wilson_interval(round(r[c] * n), n)
                           for c in ("unprotected", "DIP-protected")} for r in table}
 run.write(headline, bim=bim_rows, curve=curve, table=table, bpda=bpda_rows,
           table_intervals=intervals, classifier=clf.provenance,
-          reference_check={"max_abs_difference": gap, "side": side, "steps": check_steps})
+          reference_check={"max_abs_difference": gap, "side": side,
+                           "steps": check_steps})
 run.report_claims()
 
 # %% [markdown]
@@ -513,7 +544,8 @@ run.report_claims()
 # A starting point (it runs as it is, and does nothing until you set `threshold`):
 
 # %%
-threshold = None  # e.g. the clean photos' median MSE at the stop step: fit.mse[stop][:n]
+# e.g. the clean photos' median MSE at the stop step: fit.mse[stop][:n]
+threshold = None
 if threshold is not None:
     fit_t = deep_image_prior(x_adv[EPS[-1]], P.dip_steps, mse_threshold=threshold,
                              seed=seed, **DIP)

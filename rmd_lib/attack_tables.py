@@ -11,11 +11,11 @@ import time
 import torch
 
 from .attacks import UnrolledINC, cw_l2, input_gradient, minmax_pairs, pgd
-from .evaluation import accuracy, predict
+from .evaluation import predict
 from .randomness import randomised
 
 __all__ = ["cw_table", "unrolled_table", "transfer_table", "robust_accuracy_table", "pair_table",
-           "correct"]
+           "correct", "worst_case_with"]
 
 
 def _synchronize(x: torch.Tensor) -> None:
@@ -30,30 +30,39 @@ def correct(model, x: torch.Tensor, y: torch.Tensor,
     return predict(model, x, batch_size).argmax(1) == y.to(x.device)
 
 
-def cw_table(classifier, inc, x, y, kappas, *, steps: int, binary_steps: int) -> list[dict]:
+def cw_table(classifier, inc, x, y, kappas, *, steps: int, binary_steps: int,
+             outcomes: dict | None = None) -> list[dict]:
     """CW L2 crafted on ``classifier`` at each confidence kappa; accuracy of the classifier and
     of INC on the examples, and, among the images the classifier got right before the
     attack, the share for which CW found an example it misclassifies (``found``) and the
     median L2 distance of those. An image the classifier already gets wrong needs no attack,
-    and counting it would add examples of distance about 0 that were never searched for."""
+    and counting it would add examples of distance about 0 that were never searched for.
+    ``outcomes``, a dict, receives the per-image results behind the two accuracies:
+    ``outcomes[kappa, "classifier"]`` and ``outcomes[kappa, "INC"]``, (N,) bool tensors."""
     right = correct(classifier, x, y)
     rows = []
     for kappa in kappas:
         x_adv = cw_l2(classifier, x, y, kappa=float(kappa), steps=steps, binary_steps=binary_steps)
         dist = (x_adv - x).flatten(1).norm(dim=1)
-        found = right & ~correct(classifier, x_adv, y)
-        rows.append({"kappa": float(kappa), "classifier": accuracy(classifier, x_adv, y),
-                     "INC": accuracy(inc, x_adv, y),
+        ok = {"classifier": correct(classifier, x_adv, y), "INC": correct(inc, x_adv, y)}
+        found = right & ~ok["classifier"]
+        if outcomes is not None:
+            outcomes.update({(float(kappa), m): v.cpu() for m, v in ok.items()})
+        rows.append({"kappa": float(kappa), "classifier": ok["classifier"].float().mean().item(),
+                     "INC": ok["INC"].float().mean().item(),
                      "median L2": float(dist[found].median()) if found.any() else 0.0,
                      "found": float(found.sum()) / max(int(right.sum()), 1)})
     return rows
 
 
 def unrolled_table(G, classifier, inc, x, y, ks, *, eps: float, restarts: int, pgd_steps: int,
-                   norm: str = "linf", seed: int = 0) -> list[dict]:
+                   norm: str = "linf", seed: int = 0,
+                   outcomes: dict | None = None) -> list[dict]:
     """PGD through the k-step unrolled projection, for each k of ``ks``: accuracy of the
     unrolled model on its own examples and of the full ``inc`` on them, the wall time of one
-    gradient and the median L2 norm of that gradient per image."""
+    gradient and the median L2 norm of that gradient per image. ``outcomes``, a dict,
+    receives the per-image results: ``outcomes[k, "unrolled model"]`` and
+    ``outcomes[k, "INC"]``, (N,) bool tensors."""
     rows = []
     for k in ks:
         model = UnrolledINC(G, classifier, steps=k, restarts=restarts, seed=seed)
@@ -63,28 +72,40 @@ def unrolled_table(G, classifier, inc, x, y, ks, *, eps: float, restarts: int, p
         _synchronize(x)  # CUDA runs asynchronously: wait for the kernels before the clock
         seconds = time.perf_counter() - t0
         x_adv = pgd(model, x, y, eps, norm=norm, steps=pgd_steps, seed=seed)
-        rows.append({"k": int(k), "unrolled model": accuracy(model, x_adv, y),
-                     "INC": accuracy(inc, x_adv, y), "seconds per gradient": seconds,
+        ok = {"unrolled model": correct(model, x_adv, y), "INC": correct(inc, x_adv, y)}
+        if outcomes is not None:
+            outcomes.update({(int(k), m): v.cpu() for m, v in ok.items()})
+        rows.append({"k": int(k), "unrolled model": ok["unrolled model"].float().mean().item(),
+                     "INC": ok["INC"].float().mean().item(), "seconds per gradient": seconds,
                      "gradient norm": float(grad.flatten(1).norm(dim=1).median())})
     return rows
 
 
 def transfer_table(source, targets: dict, x, y, attacks: dict, eps_list, *,
-                   norm: str = "linf") -> list[dict]:
+                   norm: str = "linf", outcomes: dict | None = None) -> list[dict]:
     """Examples crafted on ``source`` (a substitute), given to ``source`` itself and to each
-    model of ``targets``; ``attacks`` maps a name to ``(attack_fn, options)``."""
+    model of ``targets``; ``attacks`` maps a name to ``(attack_fn, options)``. ``outcomes``,
+    a dict, receives the per-image results behind each accuracy:
+    ``outcomes[attack, eps, model]``, an (N,) bool tensor, model being ``"substitute"`` or a
+    target's name."""
     rows = []
     for name, (attack, options) in attacks.items():
         for eps in eps_list:
             x_adv = attack(source, x, y, eps, norm=norm, **options)
-            row = {"attack": name, "eps": float(eps), "substitute": accuracy(source, x_adv, y)}
-            row.update({t: accuracy(model, x_adv, y) for t, model in targets.items()})
+            row = {"attack": name, "eps": float(eps)}
+            for m_name, model in {"substitute": source, **targets}.items():
+                ok = correct(model, x_adv, y)
+                row[m_name] = ok.float().mean().item()
+                if outcomes is not None:
+                    outcomes[name, float(eps), m_name] = ok.cpu()
             rows.append(row)
     return rows
 
 
 def robust_accuracy_table(defense, x, y, attacks: dict, eps_list, *, norm: str,
-                          progress: bool = False) -> list[dict]:
+                          progress: bool = False, costly: dict | None = None,
+                          costly_n: int | None = None, costly_eps: float | None = None
+                          ) -> list[dict]:
     """Accuracy of ``defense`` under each attack at each eps, and under the worst case.
 
     ``attacks`` maps a name to a function ``(x, y, eps, norm) -> x_adv``. The ``worst case``
@@ -93,27 +114,74 @@ def robust_accuracy_table(defense, x, y, attacks: dict, eps_list, *, norm: str,
     what works. A randomised defense scores every input on the same draw of its randomness
     (its streams are reset before each scoring), so the worst case ANDs outcomes of one
     defense, not of different draws; ``clean`` is the defense's accuracy on that draw.
+
+    ``costly`` maps names to attacks of the same signature that are too slow for the whole
+    grid (a gradient-free attack such as Square): each runs on the first ``costly_n``
+    images only, at ``costly_eps`` only (default: the largest eps). The rows then gain the
+    columns ``"first n"`` (that count), one per costly attack (its accuracy on those
+    images), ``"worst case, first n"`` (the worst case above, restricted to those images)
+    and ``worst_case_with(costly)`` (the worst case over every attack, costly ones included,
+    on those images); at other budgets these cells are NaN. The first n images are scored
+    on the draw the whole set is scored on (image i's draw depends on its index, not on
+    the batch), so the costly columns are paired with the others, image by image.
     """
     from tqdm.auto import tqdm
 
+    costly = dict(costly or {})
+    eps_list = [float(e) for e in eps_list]
+    if costly:
+        if (isinstance(costly_n, bool) or not isinstance(costly_n, int)
+                or not 1 <= costly_n <= len(x)):
+            raise ValueError(f"costly_n must be an integer in 1..{len(x)} (the images "
+                             f"passed in) when costly attacks are given, got {costly_n!r}.")
+        costly_eps = max(eps_list) if costly_eps is None else float(costly_eps)
+        if costly_eps not in eps_list:
+            raise ValueError(f"costly_eps={costly_eps:g} is not one of eps_list "
+                             f"{eps_list}; the costly attacks run at one of its budgets.")
+        clash = sorted(set(costly) & (set(attacks) | {"clean", "worst case", "first n"}))
+        if clash:
+            raise ValueError(f"costly attack names {clash} are already columns; rename them.")
     draws = randomised(defense)
 
-    def score(x_in):
+    def score(x_in, y_in):
         for d in draws:
             d.reset()
-        return correct(defense, x_in, y)
+        return correct(defense, x_in, y_in)
 
-    clean = score(x)
+    clean = score(x, y)
     rows = []
     for eps in tqdm(eps_list, desc=f"robust accuracy ({norm})", disable=not progress):
-        row, robust = {"norm": norm, "eps": float(eps), "clean": float(clean.float().mean())}, clean.clone()
+        row, robust = {"norm": norm, "eps": eps, "clean": float(clean.float().mean())}, clean.clone()
         for name, attack in attacks.items():
-            ok = score(attack(x, y, eps, norm))
+            ok = score(attack(x, y, eps, norm), y)
             row[name] = float(ok.float().mean())
             robust &= ok
         row["worst case"] = float(robust.float().mean())
+        if costly:
+            row.update(_costly_columns(costly, costly_n, x, y, eps, norm, robust, score)
+                       if eps == costly_eps else
+                       {"first n": costly_n, **{c: float("nan") for c in
+                                                ["worst case, first n", *costly,
+                                                 worst_case_with(costly)]}})
         rows.append(row)
     return rows
+
+
+def worst_case_with(costly) -> str:
+    """The name of :func:`robust_accuracy_table`'s column that ANDs the costly attacks too."""
+    return f"worst case with {', '.join(costly)}, first n"
+
+
+def _costly_columns(costly, n, x, y, eps, norm, robust, score) -> dict:
+    x_n, y_n = x[:n], y[:n]
+    cols, robust_n = {"first n": n}, robust[:n].clone()
+    cols["worst case, first n"] = float(robust_n.float().mean())
+    for name, attack in costly.items():
+        ok = score(attack(x_n, y_n, eps, norm), y_n)
+        cols[name] = float(ok.float().mean())
+        robust_n &= ok
+    cols[worst_case_with(costly)] = float(robust_n.float().mean())
+    return cols
 
 
 def pair_table(G, classifier, eps_list, n: int, *, steps: int, seed: int = 0,

@@ -96,23 +96,33 @@ def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = N
 
 
 def attack_table(classifier, defenses: dict, x: torch.Tensor, y: torch.Tensor, attacks: dict,
-                 eps_list, *, norm: str = "linf") -> list[dict]:
+                 eps_list, *, norm: str = "linf", outcomes: dict | None = None) -> list[dict]:
     """Accuracy of the classifier and of each defense on examples crafted on the classifier.
 
     ``attacks`` maps a name to ``(attack_fn, options)`` with the library's attack signature;
     ``defenses`` maps a name to a model (e.g. INC). Each row: attack, norm, eps, then the
     accuracy of ``"classifier"`` and of every defense. eps = 0 gives the clean row.
+    ``outcomes``, a dict, receives the per-image results behind each accuracy, for paired
+    comparisons: ``outcomes[attack, eps, model]`` is an (N,) bool tensor, model being
+    ``"classifier"`` or a defense's name.
     """
     rows = []
     for name, (attack, options) in attacks.items():
         for eps in eps_list:
             x_adv = x if eps == 0 else attack(classifier, x, y, eps, norm=norm, **options)
-            row = {"attack": name, "norm": norm, "eps": float(eps),
-                   "classifier": accuracy(classifier, x_adv, y)}
-            for d_name, defense in defenses.items():
-                row[d_name] = accuracy(defense, x_adv, y)
+            row = {"attack": name, "norm": norm, "eps": float(eps)}
+            for m_name, model in {"classifier": classifier, **defenses}.items():
+                ok = _correct(model, x_adv, y)
+                row[m_name] = ok.float().mean().item()
+                if outcomes is not None:
+                    outcomes[name, float(eps), m_name] = ok.cpu()
             rows.append(row)
     return rows
+
+
+def _correct(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    y = check_labels(y, len(x), "y")
+    return predict(model, x).argmax(1) == y.to(x.device)
 
 
 def markdown_table(rows: list[dict], columns: list[str] | None = None, digits: int = 3) -> str:

@@ -34,6 +34,21 @@ class Setup:
         settings = {"steps": profile.proj_steps, "restarts": profile.proj_restarts, **projection}
         return InvertAndClassify(self.G, self.classifier, seed=seed, **settings)
 
+    def attacker_inc(self, profile, seed: int = 0, **projection) -> InvertAndClassify:
+        """The attacker's own INC, run inside every step of an adaptive attack: the profile's
+        short projection (``attack_proj``: steps, restarts) with every restart run to the
+        end. Pruning keeps each image's best restarts early on, by their error at that step;
+        on a run this short that step comes after a few steps, before a restart that started
+        far away has caught up, so the attacker would lose its best fit on some images.
+        Measured on standard's MNIST VAE over 200 test images, 50 steps and 4 restarts,
+        1 CPU thread: pruned, a median per-pixel MSE of 0.0143 and a 90th percentile of
+        0.0310, with 66 images more than 1% worse than unpruned (0.0141 and 0.0291), for
+        80 instead of 200 gradient evaluations per image; 2 restarts unpruned gave 0.0151
+        and 0.0308 for 100. Keywords override the settings."""
+        steps, restarts = profile.attack_proj
+        return self.inc(profile, seed, **{"steps": steps, "restarts": restarts, "prune": (),
+                                          **projection})
+
     def test_images(self, n: int, device, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Test images ``offset`` to ``offset + n`` and their labels, on ``device``. A
         profile may ask for more images than the source has (``paper`` asks for 2,000 on

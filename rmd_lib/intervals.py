@@ -8,7 +8,7 @@ import numpy as np
 
 from .evaluation import wilson_interval
 
-__all__ = ["interval_text", "with_intervals", "error_bars"]
+__all__ = ["interval_text", "with_intervals", "error_bars", "difference_text"]
 
 
 def interval_text(value: float, n: int, digits: int = 2) -> str:
@@ -54,3 +54,13 @@ def error_bars(values, n: int) -> np.ndarray:
     values = np.asarray(values, dtype=float)
     bounds = np.array([wilson_interval(v * n, int(n)) for v in values]).reshape(-1, 2)
     return np.clip(np.stack([values - bounds[:, 0], bounds[:, 1] - values]), 0.0, None)
+
+
+def difference_text(diff: dict, digits: int = 2) -> str:
+    """A paired difference from :func:`~rmd_lib.evaluation.paired_difference` as
+    ``"+0.35 [+0.25, +0.45]"``: the mean of b - a over the pairs and its 95% interval."""
+    missing = {"mean", "low", "high"} - set(diff)
+    if missing:
+        raise KeyError(f"diff lacks {sorted(missing)}; pass what paired_difference returns.")
+    return (f"{diff['mean']:+.{digits}f} [{diff['low']:+.{digits}f}, "
+            f"{diff['high']:+.{digits}f}]")

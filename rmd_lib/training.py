@@ -26,6 +26,7 @@ from .profiles import Profile, resolve_device
 __all__ = [
     "fit_adam",
     "set_seed", "seeded", "train_classifier", "train_vae", "train_wgan_gp", "train_began",
+    "wgan_gp_critic_loss",
     "pretrained_or_train", "save_checkpoint", "load_checkpoint", "model_config", "CACHE_FORMAT", "training_environment",
     "trained_with",
 ]
@@ -113,13 +114,28 @@ def train_vae(vae: VAE, x: torch.Tensor, *, epochs: int, batch_size: int = 100, 
                 progress=progress)
 
 
-def _gradient_penalty(D: nn.Module, real: torch.Tensor, fake: torch.Tensor,
-                      g_dev: torch.Generator) -> torch.Tensor:
-    # Gulrajani et al. (2017), eq. (3): (||grad D(x_hat)||_2 - 1)^2 on random interpolates.
-    a = torch.rand(real.shape[0], 1, 1, 1, generator=g_dev, device=real.device)
+def wgan_gp_critic_loss(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, *,
+                        gp_weight: float = 10.0,
+                        generator: torch.Generator | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The WGAN-GP critic's loss (Gulrajani et al. 2017, eq. 3) on one batch, and the
+    Wasserstein estimate E[D(real)] - E[D(fake)] inside it.
+
+    real, fake: (B, C, H, W) in [0, 1], as many of each; ``generator`` draws the B mixing
+    weights a ~ U[0, 1] of the interpolates a * real + (1 - a) * fake, on real's device.
+    The loss is -(E[D(real)] - E[D(fake)]) + gp_weight * E[(||grad D(x_hat)||_2 - 1)^2];
+    the penalty's graph is kept (create_graph), so the loss trains D.
+    """
+    if real.shape != fake.shape:
+        raise ValueError(f"real and fake must have the same shape, got {tuple(real.shape)} "
+                         f"and {tuple(fake.shape)}; draw as many fakes as real images.")
+    w_dist = D(real).mean() - D(fake).mean()
+    a = torch.rand(real.shape[0], 1, 1, 1, generator=generator, device=real.device,
+                   dtype=real.dtype)
     x_hat = (a * real + (1 - a) * fake).requires_grad_(True)
     grad, = torch.autograd.grad(D(x_hat).sum(), x_hat, create_graph=True)
-    return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
+    penalty = (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
+    return -w_dist + gp_weight * penalty, w_dist
 
 
 def train_wgan_gp(G: WGANGenerator, D: WGANCritic, x: torch.Tensor, *, iters: int,
@@ -141,8 +157,8 @@ def train_wgan_gp(G: WGANGenerator, D: WGANCritic, x: torch.Tensor, *, iters: in
             real = x[idx].to(device)
             with torch.no_grad():
                 fake = G(G.sample_latent(batch_size, generator=g_dev, device=device))
-            w_dist = D(real).mean() - D(fake).mean()
-            loss_d = -w_dist + gp_weight * _gradient_penalty(D, real, fake, g_dev)
+            loss_d, w_dist = wgan_gp_critic_loss(D, real, fake, gp_weight=gp_weight,
+                                                 generator=g_dev)
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()

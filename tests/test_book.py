@@ -180,3 +180,16 @@ def test_pipeline_diagrams_are_drawn_by_the_script_and_shown():
     for svg in sorted((ROOT / "book" / "figures").glob("pipeline_*.svg")):
         assert f"figures/{svg.name}" in page, f"book/pipelines.md does not show {svg.name}"
     assert len(list((ROOT / "book" / "figures").glob("pipeline_*.svg"))) == 4
+
+
+CODE_COLUMNS = 88  # what the book's column shows at a 1,280-px window without scrolling
+
+
+def test_code_fits_the_column(ipynb: Path):
+    """Code cells wrap at 88 characters, so no code scrolls sideways on the page (the site
+    check measures the rendered width; this finds the line before a build)."""
+    long = [f"cell {i}, line {j}: {len(line)} characters"
+            for i, cell in enumerate(nbformat.read(ipynb, as_version=4).cells)
+            if cell.cell_type == "code"
+            for j, line in enumerate(cell.source.splitlines(), 1) if len(line) > CODE_COLUMNS]
+    assert not long, f"{ipynb.name}: code lines longer than {CODE_COLUMNS}: {long}"

@@ -40,8 +40,17 @@ def test_attack_table(tiny_net, fixed_logits):
     constant = fixed_logits([5.0, 0.0, 0.0])  # a 'defense' that always says 0
     attacks = {"fgsm": (fgsm, {}), "pgd": (pgd, {"steps": 3})}
     defenses = {"const": constant, "same": tiny_net}  # 'same' defends nothing: it is the classifier
-    rows = attack_table(tiny_net, defenses, x, y, attacks, [0, 0.3], norm="linf")
+    got = {}
+    rows = attack_table(tiny_net, defenses, x, y, attacks, [0, 0.3], norm="linf",
+                        outcomes=got)
     assert len(rows) == 4
+    assert len(got) == 4 * 3  # every (attack, eps) row, for the classifier and each defense
+    for r in rows:
+        for m in ("classifier", "const", "same"):
+            ok = got[r["attack"], r["eps"], m]
+            assert ok.dtype == torch.bool and ok.shape == (16,)
+            assert r[m] == pytest.approx(ok.float().mean().item())
+    assert torch.equal(got["fgsm", 0.0, "const"], y == 0)
     assert [list(r) for r in rows] == [["attack", "norm", "eps", "classifier", "const", "same"]] * 4
     assert all(r["same"] == r["classifier"] for r in rows)  # defenses see the adversarial images
     assert [(r["attack"], r["eps"]) for r in rows] == [("fgsm", 0.0), ("fgsm", 0.3),

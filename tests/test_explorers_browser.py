@@ -29,6 +29,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 VOILA = Path(sys.executable).with_name("voila")
+LAB_ONLY = ["jupyterlab-jupytext", "@voila-dashboards/jupyterlab-preview"]
 KERNEL_PYTHON = os.environ.get("RMD_KERNEL_PYTHON", sys.executable)
 TITLES = ("latent walk", "attack explorer", "pair explorer")
 
@@ -148,7 +149,11 @@ def served(tmp_path_factory):
     env["JUPYTER_PATH"] = os.pathsep.join([str(tmp / "jupyter"), env.get("JUPYTER_PATH", "")])
     log = (tmp / "voila.log").open("w")
     proc = subprocess.Popen([str(VOILA), "explorers.ipynb", "--no-browser", f"--port={port}",
-                             "--Voila.ip=127.0.0.1", "--show_tracebacks=True"],
+                             "--Voila.ip=127.0.0.1", "--show_tracebacks=True",
+                             # JupyterLab's own extensions installed beside Voila (jupytext's
+                             # menu, Voila's preview button) need JupyterLab's shared modules,
+                             # which Voila's page does not provide: they fail in the console.
+                             f"--VoilaConfiguration.extension_denylist={LAB_ONLY!r}"],
                             cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:

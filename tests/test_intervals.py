@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rmd_lib.intervals import error_bars, interval_text, with_intervals
+from rmd_lib.evaluation import paired_difference
+from rmd_lib.intervals import difference_text, error_bars, interval_text, with_intervals
 
 
 def test_interval_text_is_the_wilson_interval():
@@ -37,3 +38,14 @@ def test_error_bars_reach_the_interval_ends():
     assert (bars >= 0).all()
     np.testing.assert_allclose(bars[:, 1], [0.5 - 0.2366, 0.7634 - 0.5], atol=1e-4)
     assert bars[0, 0] == 0.0 and bars[1, 2] == 0.0  # the interval stays inside [0, 1]
+
+
+def test_difference_text_is_the_paired_mean_and_its_interval():
+    a = np.array([0, 0, 0, 1, 0, 1, 0, 0], dtype=float)
+    b = np.array([1, 1, 0, 1, 1, 1, 0, 1], dtype=float)
+    d = paired_difference(a, b)
+    text = difference_text(d)
+    assert text.startswith("+0.50 [") and text == (
+        f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]")
+    with pytest.raises(KeyError, match="paired_difference"):
+        difference_text({"mean": 0.1})

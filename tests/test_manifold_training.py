@@ -12,13 +12,15 @@ from torch import nn
 from rmd_lib.attack_tables import pair_table
 from rmd_lib.attacks import divergence, minmax_pairs, pgd
 from rmd_lib.evaluation import accuracy
+import rmd_lib.manifold_training as mt
 from rmd_lib.manifold_training import (compare_pairs, confidence_path, early_stop_mix,
                                        finetune_config, pair_scores,
                                        manifold_adversarial_training, pair_loss,
                                        pair_statistics, path_endpoints, path_statistics,
                                        pgd_adversarial_training, robust_classifier,
                                        start_class_probability)
-from rmd_lib.profiles import get_profile
+from rmd_lib.manifold_training import PairTerm
+from rmd_lib.profiles import dry_run, get_profile
 from rmd_lib.training import train_classifier
 
 
@@ -255,6 +257,12 @@ def test_compare_pairs_is_paired_and_runs_every_search_to_the_end(tiny_generator
     d = paired["soft"]["score"]
     assert d["mean"] == pytest.approx(float((s_soft[1] - s_sharp[1]).mean()), abs=1e-6)
     assert d["low"] <= d["mean"] <= d["high"] and d["n"] == 24
+    # the per-search scores come back on request, the same ones that were paired
+    again = compare_pairs(G, {"sharp": sharp, "soft": soft}, 0.5, 24, steps=15, seed=3,
+                          return_scores=True)
+    assert again[:2] == (rows, paired)
+    for label, mine in (("sharp", s_sharp), ("soft", s_soft)):
+        assert all(torch.equal(a, b) for a, b in zip(again[2][label], mine))
     with pytest.raises(ValueError, match="early_stop"):
         compare_pairs(G, {"a": sharp}, 0.5, 4, steps=2, early_stop=True)
     with pytest.raises(ValueError, match="baseline"):
@@ -280,3 +288,131 @@ def test_early_stop_mix_splits_the_mean(tiny_generator, make_net):
     share = float(stopped.sum()) / float(pairs.valid.sum())
     mixed = share * mix["mean divergence (stopped)"] + (1 - share) * mix["mean divergence (ran to the end)"]
     assert mix["mean divergence (valid)"] == pytest.approx(mixed, rel=1e-5)
+
+
+def test_pair_loss_only_different_keeps_valid_pairs_labelled_differently(make_net):
+    net = sharp_net(make_net)
+    g = torch.Generator().manual_seed(1)
+    x1 = torch.rand(12, 1, 6, 6, generator=g)
+    x2 = torch.rand(12, 1, 6, 6, generator=g)
+    # the first four pairs nearly coincide, so the classifier labels them alike
+    x2[:4] = (x1[:4] + 0.01 * torch.rand(4, 1, 6, 6, generator=g)).clamp(0, 1)
+    valid = torch.tensor([True, False] * 6)
+    with torch.no_grad():
+        different = net(x1).argmax(1) != net(x2).argmax(1)
+    keep = valid & different
+    assert keep.any() and (valid & ~different).any(), "the example needs both kinds"
+    loss = pair_loss(net, x1, x2, valid, only_different=True)
+    alone = divergence(net(x1[keep]), net(x2[keep])).mean()
+    assert torch.allclose(loss, alone)
+    grads = torch.autograd.grad(loss, list(net.parameters()))
+    for a, b in zip(grads, torch.autograd.grad(alone, list(net.parameters()))):
+        assert torch.allclose(a, b, atol=1e-6)
+    # validity alone also counts the valid pairs labelled alike: a different mean
+    assert not torch.allclose(pair_loss(net, x1, x2, valid), loss)
+    # (the invalid pairs, some labelled differently, count for neither mask: `alone`)
+    assert (~valid & different).any(), "the example needs an invalid, different pair"
+    # no valid pair labelled differently: zero, not NaN
+    same = pair_loss(net, x1, x1, torch.ones(12, dtype=torch.bool), only_different=True)
+    assert same.item() == 0.0
+
+
+def test_pgd_training_with_a_pair_term(tiny_generator, make_net):
+    G = tiny_generator
+    x, y = labelled_range(G, make_net(), n=64)
+    settings = dict(steps=6, eps=0.5, attack_steps=2, batch_size=16, lr=1e-2,
+                    progress=False)
+    plain, zero, paired = make_net(), make_net(), make_net()
+    pgd_adversarial_training(plain, x, y, **settings)
+    # weight 0: the pairs are searched and their term computed, and nothing else changes
+    hist0 = pgd_adversarial_training(
+        zero, x, y, **settings,
+        pair_term=PairTerm(G, 1.0, 0.0, 3, 8, 4, only_different=True))
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), zero.parameters()))
+    assert len(hist0["pair_divergence"]) == 6 and len(hist0["valid_pairs"]) == 2
+    hist = pgd_adversarial_training(
+        paired, x, y, **settings,
+        pair_term=PairTerm(G, 1.0, 10.0, 3, 8, 4, only_different=True))
+    assert max(hist["pair_divergence"]) > 0, "the pair term is not empty"
+    assert any(not torch.equal(a, b)
+               for a, b in zip(plain.parameters(), paired.parameters()))
+    # the same first batch and PGD examples, before the pair term has changed anything
+    assert hist["cross_entropy"][0] == hist0["cross_entropy"][0]
+    assert not paired.training
+
+
+def test_robust_classifier_authors_resumes_from_the_pgd_classifier(
+        tmp_path, tiny_generator, make_net, monkeypatch):
+    G, base = tiny_generator, make_net()
+    x, y = labelled_range(G, base, n=64)
+    data = types.SimpleNamespace(name="toy", x_train=x, y_train=y)
+    P = get_profile("smoke").with_(at_steps=3, at_regen_every=2, at_pairs=4,
+                                   at_pair_steps=3, pgd_at_attack_steps=2,
+                                   batch_size=16, at_authors_steps=4)
+    starts, terms = [], []
+    original = mt.pgd_adversarial_training
+
+    def spy(net, *args, pair_term=None, **kwargs):
+        starts.append([p.detach().clone() for p in net.parameters()])
+        terms.append(pair_term)
+        return original(net, *args, pair_term=pair_term, **kwargs)
+
+    monkeypatch.setattr(mt, "pgd_adversarial_training", spy)
+    first = robust_classifier("authors", base, data, P, G=G, cache_dir=tmp_path,
+                              progress=False, verbose=False)
+    pgd_net = robust_classifier("pgd", base, data, P, G=G, cache_dir=tmp_path,
+                                progress=False, verbose=False)
+    # trained twice: the PGD baseline from base, then the authors' run from its weights
+    assert len(starts) == 2 and terms[0] is None
+    assert all(torch.equal(a, b) for a, b in zip(starts[0], base.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(starts[1], pgd_net.parameters()))
+    term = terms[1]
+    assert term.only_different and term.weight == P.at_authors_weight == 1e-2
+    assert (term.eps, term.n_pairs, term.pair_steps) == (P.at_eps, 4, 3)
+    assert len(first.history["cross_entropy"]) == 4 and first.history["pair_divergence"]
+    assert "resumed from the PGD classifier" in first.provenance
+    assert pgd_net.provenance.startswith("cache")
+    # a second run loads both from the cache, bit for bit, and trains nothing
+    again = robust_classifier("authors", base, data, P, G=G, cache_dir=tmp_path,
+                              progress=False, verbose=False)
+    assert len(starts) == 2 and again.provenance.startswith("cache")
+    assert again.history == first.history
+    assert all(torch.equal(a, b)
+               for a, b in zip(first.parameters(), again.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(first.parameters(),
+                                                        pgd_net.parameters()))
+    assert len(list(tmp_path.glob("classifier-authors-toy-*.safetensors"))) == 1
+    assert len(list(tmp_path.glob("classifier-pgd-toy-*.safetensors"))) == 1
+    # its cache key follows its own settings and the PGD weights it resumes from
+    cfg = finetune_config("authors", pgd_net, P, 0, G)
+    assert cfg["base"] != finetune_config("authors", base, P, 0, G)["base"]
+    for changed in (P.with_(at_authors_weight=0.1), P.with_(at_authors_steps=5),
+                    P.with_(at_eps=1.0), P.with_(pgd_at_eps=1.0)):
+        assert finetune_config("authors", pgd_net, changed, 0, G) != cfg
+    assert finetune_config("authors", pgd_net, P.with_(at_authors_steps=None), 0,
+                           G)["steps"] == P.at_steps
+    # a dry run cuts the variant's own step count as well; None keeps following at_steps
+    assert dry_run(P.with_(at_authors_steps=50)).at_authors_steps == 2
+    assert dry_run(P.with_(at_authors_steps=None)).at_authors_steps is None
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda G, net, x, y: finetune_config("authors", net, get_profile("smoke"), 0),
+     ValueError, "needs the generator"),
+    (lambda G, net, x, y: robust_classifier("trades", net, None, get_profile("smoke")),
+     ValueError, "method must be one of"),
+    (lambda G, net, x, y: robust_classifier("authors", net, None, get_profile("smoke")),
+     ValueError, "needs the generator"),
+    (lambda G, net, x, y: PairTerm(G, 1.0, weight=-1.0), ValueError, "weight"),
+    (lambda G, net, x, y: PairTerm(G, 1.0, weight=float("nan")), ValueError, "weight"),
+    (lambda G, net, x, y: PairTerm(G, -1.0), ValueError, "eps"),
+    (lambda G, net, x, y: PairTerm(G, 1.0, regen_every=0), ValueError, "regen_every"),
+    (lambda G, net, x, y: PairTerm("G", 1.0), TypeError, "generator G"),
+    (lambda G, net, x, y: pgd_adversarial_training(net, x, y, steps=1, eps=1.0,
+                                                   pair_term={"weight": 1.0}),
+     TypeError, "PairTerm"),
+])
+def test_authors_variant_bad_input(tiny_generator, make_net, call, error, match):
+    x, y = torch.rand(8, 1, 6, 6), torch.zeros(8, dtype=torch.long)
+    with pytest.raises(error, match=match):
+        call(tiny_generator, make_net(), x, y)

@@ -40,7 +40,8 @@ def test_a_profile_object_passes_through():
 def test_budgets_grow_from_smoke_to_paper():
     s, m, p = PROFILES["smoke"], PROFILES["standard"], PROFILES["paper"]
     for field in ("n_test", "classifier_epochs", "vae_epochs", "gan_iters", "proj_steps", "n_attack",
-                  "minmax_n", "minmax_steps", "at_steps", "at_pair_steps", "pgd_at_attack_steps"):
+                  "minmax_n", "minmax_steps", "at_steps", "at_pair_steps", "pgd_at_attack_steps",
+                  "square_n", "square_queries"):
         assert getattr(s, field) <= getattr(m, field) <= getattr(p, field), field
         assert getattr(s, field) < getattr(p, field), field
 
@@ -63,10 +64,23 @@ def test_dry_run_keeps_the_sizes_and_cuts_every_iteration_count():
     assert all(getattr(d, f) == 2 for f in _ITERATIONS)
     for field in ("n_test", "n_attack", "n_adaptive", "proj_restarts", "minmax_n", "n_faces",
                   "began_width", "began_resolution", "dip_size", "dip_width", "n_dip",
-                  "batch_size", "eot_samples"):
+                  "batch_size", "eot_samples", "square_n"):
         assert getattr(d, field) == getattr(c, field), field
     assert max(d.dip_record) == d.dip_steps and d.dip_stop in d.dip_record
     assert max(d.sweep_steps) <= d.proj_steps and d.face_proj[0] == 2
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_square_attack_runs_on_a_part_of_the_adaptive_images(name):
+    p = PROFILES[name]
+    # the chapter runs Square on the first square_n of the images the other attacks use
+    assert 1 <= p.square_n <= p.n_adaptive and p.square_queries >= 2, p.name
+
+
+def test_square_attack_budgets():
+    assert (PROFILES["smoke"].square_n, PROFILES["smoke"].square_queries) == (8, 10)
+    for name in ("colab", "paper"):  # the published scale: 1,000 images, 5,000 queries
+        assert (PROFILES[name].square_n, PROFILES[name].square_queries) == (1000, 5000)
 
 
 def test_auto_picks_standard_without_cuda(no_cuda):

@@ -88,6 +88,16 @@ def check_invert_and_classify(res: dict) -> None:
         for r_small, r_big in zip(restarts, restarts[1:]):
             for t in curves[r_big]:
                 assert curves[r_big][t] <= curves[r_small][t] + 1e-12, (name, t, r_small, r_big)
+        # pruning against every restart run to the end, on the same images and starts
+        t = tables["projection_tail"][name]
+        for k in ("p90 MSE, default", "p90 MSE, every restart", "median MSE, default",
+                  "median MSE, every restart"):
+            assert 0 < t[k] < 1, (name, k, t)
+        assert t["p90 MSE, default"] >= t["median MSE, default"], t
+        assert 0.0 <= t["share of images 1% worse"] <= 1.0, t
+        # pruning only ever removes rows: it never costs more gradient evaluations
+        assert (0 < t["gradient evaluations per image, default"]
+                <= t["gradient evaluations per image, every restart"]), t
 
 
 def _accuracies(rows, columns):
@@ -143,9 +153,24 @@ def check_adaptive_attacks(res: dict) -> None:
             _accuracies(rows, attacks + ("worst case",))
             for r in rows:  # an image robust to all attacks is robust to each one
                 assert r["worst case"] <= min(r[a] for a in attacks) + 1e-12, r
+            # Square Attack: at the largest budget only, on the first n images
+            top, rest = rows[-1], rows[:-1]
+            wide = "worst case with Square, first n"
+            assert all(r["Square"] is None and r[wide] is None for r in rest), rest
+            _accuracies([top], ("Square", "worst case, first n", wide))
+            assert isinstance(top["first n"], int) and top["first n"] >= 1, top
+            # the AND over more attacks can only be lower, image by image
+            assert top[wide] <= min(top["Square"], top["worst case, first n"]) + 1e-12, top
+            key = f"{name}_{norm}_{top['eps']:g}"
+            assert res["headline"][f"{key}_square"] == top["Square"]
+            assert res["headline"][f"{key}_worst_case_with_square"] == top[wide]
     for row in res["tables"]["summary"]:
         assert abs(row["drop"] - (row["first-order"] - row["adaptive"])) < 1e-9, row
         assert row["worst case, all attacks"] <= row["adaptive"] + 1e-12, row
+    for row in res["tables"]["square"]:
+        n = row["first n"]
+        only = row["other attacks"] - row["all, with Square"]
+        assert abs(row["broken by Square only"] - only * n) < 1e-6, row
 
 
 def _share(v) -> bool:
@@ -176,7 +201,8 @@ def check_manifold_training(res: dict) -> None:
     head, tables = res["headline"], res["tables"]["comparison"]
     assert tables, "no comparison tables"
     for name, rows in tables.items():
-        assert [r["classifier"] for r in rows] == ["standard", "manifold", "PGD"], rows
+        labels = ["standard", "manifold", "PGD", "authors"]
+        assert [r["classifier"] for r in rows] == labels, rows
         for r in rows:
             _accuracies([r], ("clean", "white-box PGD", "INC clean", "INC worst case"))
             attacks = ("INC FGSM (transfer)", "INC PGD (transfer)", "INC tangent BPDA+EOT")
@@ -184,11 +210,17 @@ def check_manifold_training(res: dict) -> None:
             assert r["INC worst case"] <= min(r[a] for a in attacks) + 1e-12, r
             assert _share(r["pairs: valid and different"]) and _share(r["path uncertain"]), r
             assert r["path max slope"] >= 0, r
-        for label in ("standard", "manifold", "pgd"):
+        for label in ("standard", "manifold", "pgd", "authors"):
             assert 0.5 < head[f"{name}_{label}_clean"] <= 1.0, f"{name} {label}: clean accuracy"
         models = res["provenance"]["models"]
-        for method in ("manifold", "pgd"):
+        for method in ("manifold", "pgd", "authors"):
             assert models.get(f"classifier_{method}_{name}"), f"no provenance for {method} ({name})"
+        # the authors' variant against the PGD classifier it resumed from, paired
+        versus = res["tables"]["paired_pairs"][name]["authors minus PGD"]
+        assert set(versus) == {"clean", "white-box PGD", "pairs: valid and different",
+                               "pairs: mean score"}, versus
+        for d in versus.values():
+            assert d["low"] <= d["mean"] <= d["high"], d
 
 
 def check_faces(res: dict) -> None:
