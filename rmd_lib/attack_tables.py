@@ -23,8 +23,10 @@ def _synchronize(x: torch.Tensor) -> None:
         torch.cuda.synchronize(x.device)
 
 
-def correct(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Per image, whether ``model`` classifies it as y: (N,) bool."""
+def correct(model, x: torch.Tensor, y: torch.Tensor,
+            batch_size: int | None = None) -> torch.Tensor:
+    """Per image, whether ``model`` classifies it as y: (N,) bool. ``batch_size`` as in
+    :func:`~rmd_lib.evaluation.predict` (None: from the memory budget)."""
     return predict(model, x, batch_size).argmax(1) == y.to(x.device)
 
 

@@ -26,7 +26,7 @@ from .models.dip import DIPNet
 from .randomness import Draws, as_indices, stream_seed
 from .training import seeded
 
-__all__ = ["DIPResult", "deep_image_prior", "DIPDefense", "DIPBPDA"]
+__all__ = ["DIPResult", "deep_image_prior", "dip_chunk", "DIPDefense", "DIPBPDA"]
 
 
 @dataclass
@@ -126,7 +126,7 @@ def deep_image_prior(x: torch.Tensor, steps: int, *, record_at=None, mse_thresho
     streams = [(seed, i, c, s) for i, c, s in zip(idx, *keys)]
     net_options = (noise_channels, width, skip, depth)
     if batch_size is None:
-        batch_size = _images_per_chunk(x, net_options)
+        batch_size = dip_chunk(x, net_options)
     else:
         batch_size = check_positive_int(batch_size, "batch_size")
     parts = [_fit(x[i:i + batch_size], streams[i:i + batch_size], steps, record, net_options,
@@ -140,16 +140,18 @@ def deep_image_prior(x: torch.Tensor, steps: int, *, record_at=None, mse_thresho
                      cat("early_step", 0), cat("reached", 0))
 
 
-def _images_per_chunk(x: torch.Tensor, net_options) -> int:
-    """How many images' fits fit in the memory budget: one image's network costs its
-    parameters four times (weights, gradients, Adam's two moments) plus the activations its
-    forward pass saves, twice (the backward pass's temporaries)."""
+def dip_chunk(x: torch.Tensor, net_options) -> int:
+    """How many images of x (N, 3, H, W) :func:`deep_image_prior` fits at once under the
+    memory budget, for networks of ``net_options`` (noise_channels, width, skip, depth):
+    one image's network costs its parameters four times (weights, gradients, Adam's two
+    moments) plus the activations its forward pass saves, twice (the backward pass's
+    temporaries)."""
     noise_channels, width, skip, depth = net_options
     with torch.random.fork_rng(devices=[]):
         net = DIPNet(noise_channels, 3, width, skip, depth).to(x.device, x.dtype)
     z = torch.zeros(1, noise_channels, *x.shape[2:], device=x.device, dtype=x.dtype)
     params = sum(p.numel() * p.element_size() for p in net.parameters())
-    row = 4 * params + 2 * saved_bytes(lambda: net(z))
+    row = 4 * params + 2 * saved_bytes(lambda: net(z), exclude=net)
     return min(x.shape[0], rows_per_chunk(row, budget_bytes(x.device), "deep_image_prior (one image)"))
 
 

@@ -18,31 +18,79 @@ import torch
 
 from .checks import check_images, check_labels, check_positive_int
 from .profiles import Profile
-from .randomness import chunked
+from .randomness import chunked, randomised
 
-__all__ = ["predict", "confidence", "accuracy", "attack_table", "markdown_table", "Run", "start_run",
+__all__ = ["predict", "predict_chunk", "confidence", "accuracy", "attack_table", "markdown_table", "Run", "start_run",
            "default_results_dir", "wilson_interval", "paired_difference", "strict_claims",
-           "TIME_BUDGET_S", "EXPECTED_TIME"]
+           "TIME_BUDGET_S", "EXPECTED_TIME", "expected_time", "CHAPTERS"]
 
 
 @torch.no_grad()
-def predict(model, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+def predict(model, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Logits of ``model`` on x (N, C, H, W) in [0, 1], computed in batches. A randomised
     model (INC, DIP) sees each batch as part of one call on all N images, so the logits do
-    not depend on ``batch_size`` (see :func:`rmd_lib.randomness.chunked`)."""
+    not depend on ``batch_size`` (see :func:`rmd_lib.randomness.chunked`). None picks the
+    batch from the memory budget (:func:`predict_chunk`)."""
     check_images(x, "x")
-    batch_size = check_positive_int(batch_size, "batch_size")
+    if batch_size is None:
+        batch_size = predict_chunk(model, x)
+    else:
+        batch_size = check_positive_int(batch_size, "batch_size")
     return torch.cat(chunked(model, len(x), batch_size, lambda rows: model(x[rows])))
 
 
-def confidence(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """The model's softmax probability of the true class y, per image: (N,)."""
+def _scorer(model):
+    """The deterministic classifier inside a randomised wrapper (INC, BPDA, the DIP defense
+    and its BPDA, the unrolled model), or None."""
+    for path in (("classifier",), ("inc", "classifier"), ("defense", "classifier")):
+        part = model
+        for name in path:
+            part = getattr(part, name, None)
+        if isinstance(part, torch.nn.Module):
+            return part
+    return None
+
+
+def predict_chunk(model, x: torch.Tensor) -> int:
+    """Images per batch of :func:`predict` under the memory budget (:mod:`rmd_lib.memory`):
+    three times the bytes that one image's forward pass would save for a gradient (more
+    than a pass without gradient holds). A randomised model's projection or fit chunks
+    itself under the same budget, so for INC, BPDA and the DIP defense the classifier that
+    scores the purified images is measured, and they are not run for the probe. The probe
+    leaves the model's training flags and random streams as it found them."""
+    from .memory import budget_bytes, rows_per_chunk, saved_bytes
+
+    probe = _scorer(model) if randomised(model) else None
+    if probe is None:
+        probe = model
+    draws = randomised(probe)
+    state = [(d.offset, d.call) for d in draws]
+    modes = ([(m, m.training) for m in probe.modules()]
+             if isinstance(probe, torch.nn.Module) else [])
+    for m, _ in modes:
+        m.training = False
+    try:
+        row = 3 * saved_bytes(lambda: probe(x[:1]), exclude=probe)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for d, (offset, call) in zip(draws, state):
+            d.offset, d.call = offset, call
+    device = x.device
+    return min(max(len(x), 1), rows_per_chunk(row, budget_bytes(device), "predict (one image)"))
+
+
+def confidence(model, x: torch.Tensor, y: torch.Tensor,
+               batch_size: int | None = None) -> torch.Tensor:
+    """The model's softmax probability of the true class y, per image: (N,). ``batch_size``
+    as in :func:`predict` (None: from the memory budget)."""
     probs = predict(model, x, batch_size).softmax(dim=1)
     return probs.gather(1, y.to(probs.device).view(-1, 1)).squeeze(1)
 
 
-def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
-    """Fraction of x that ``model`` classifies as y."""
+def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> float:
+    """Fraction of x that ``model`` classifies as y. ``batch_size`` as in :func:`predict`
+    (None: from the memory budget)."""
     y = check_labels(y, len(x), "y")
     return (predict(model, x, batch_size).argmax(1) == y.to(x.device)).float().mean().item()
 
@@ -167,14 +215,52 @@ _OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt
 # What one chapter is expected to take in each profile. The budgets (seconds) are the ones
 # the profiles were sized for; scripts/run_notebooks.py flags a chapter over its budget.
 TIME_BUDGET_S = {"smoke": 90.0, "standard": 18 * 60.0}
-EXPECTED_TIME = {
-    "smoke": "at most 90 s on 2 CPU cores (the profile's budget per chapter)",
-    "standard": "at most 18 min on 2 CPU cores (the profile's budget per chapter)",
-    "colab": "sized for at most 10 min on a free Colab T4 GPU (an estimate, not yet "
-             "measured there)",
-    "paper": "hours on one large GPU (not yet run end to end)",
-    "colab-dryrun": "a few minutes on a CPU (colab's sizes, every iteration count cut to 2)",
-}
+# The book's chapters, by the name each passes to start_run.
+CHAPTERS = ("generative_models", "invert_and_classify", "white_box_attacks",
+            "substitute_attacks", "adaptive_attacks", "overpowered_attack",
+            "manifold_training", "faces", "deep_image_prior")
+# Wall times measured at `standard` on 2 CPU cores with nothing else running (seconds):
+# chapter 1 from a fresh clone, its models trained, and chapter 5 in two runs. The nine
+# chapters together took 97 min (about 11 min each on average).
+STANDARD_MEASURED_S = {"generative_models": (658.0,), "adaptive_attacks": (932.0, 972.0)}
+STANDARD_BOOK_MIN = 97
+# colab's budget per chapter on a T4, and the factor by which an H200's fp32 rate exceeds
+# a T4's: the check scripts/gpu_check.sh runs on an H200 is colab's budget / 8 (75 s).
+COLAB_BUDGET_S = 600.0
+H200_TO_T4 = 8
+# Until scripts/gpu_check.sh has run every chapter on a GPU, colab's times are estimates.
+COLAB_MEASURED = False
+
+
+def expected_time(profile: str, chapter: str | None = None) -> str:
+    """How long one chapter is expected to take in ``profile``, and where the figure comes
+    from: a measurement, a budget the profile was sized for, or an estimate (said so)."""
+    measured = STANDARD_MEASURED_S.get(chapter)
+    if profile == "smoke":
+        return "at most 90 s on 2 CPU cores (the profile's budget per chapter)"
+    if profile == "standard":
+        if measured:
+            runs = " and ".join(_duration(s) for s in measured)
+            return (f"about {_duration(max(measured))} on 2 CPU cores (measured: {runs}); "
+                    "at most 18 min (the profile's budget)")
+        return (f"at most 18 min on 2 CPU cores (the profile's budget; the nine chapters "
+                f"measured {STANDARD_BOOK_MIN} min together, about "
+                f"{round(STANDARD_BOOK_MIN / len(CHAPTERS))} min each on average)")
+    if profile == "colab":
+        basis = ("" if COLAB_MEASURED else
+                 f"an estimate, not yet run on a GPU: colab is sized for "
+                 f"{COLAB_BUDGET_S / H200_TO_T4:g} s on an H200, and a T4's fp32 rate "
+                 f"is about 1/{H200_TO_T4} of an H200's; ")
+        return (f"at most {COLAB_BUDGET_S / 60:g} min on a free Colab T4 GPU ({basis}"
+                "scripts/gpu_check.sh measures it)")
+    if profile == "paper":
+        return ("hours on one 80 GB GPU (an estimate: the paper's training and projection "
+                "budgets; no chapter has run to the end at this profile)")
+    if profile == "colab-dryrun":
+        return "a few minutes on a CPU (colab's sizes, every iteration count cut to 2)"
+    return "no estimate for this profile"
+
+
 _PROFILE_PURPOSE = {
     "smoke": "the quick check that CI runs; its numbers are only sanity checks",
     "standard": "the CPU book build",
@@ -197,6 +283,11 @@ def _duration(seconds: float) -> str:
     if s < 3600:
         return f"{s // 60} min {s % 60} s"
     return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+# One line per profile (the chapter-independent form of expected_time).
+EXPECTED_TIME = {name: expected_time(name) for name in
+                 ("smoke", "standard", "colab", "paper", "colab-dryrun")}
 
 
 def _short_source(source: str) -> str:
@@ -258,11 +349,19 @@ class Run:
 
     @contextmanager
     def timer(self, name: str):
+        """Time a block. On CUDA the clock is read after the device has finished its queued
+        kernels (CUDA runs asynchronously), at the start and at the end."""
+        self._synchronize()
         t0 = time.perf_counter()
         try:
             yield
         finally:
+            self._synchronize()
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def record_data(self, dataset, name: str | None = None) -> None:
         """Record where a dataset came from and how many images of it this run uses.
@@ -382,7 +481,7 @@ class Run:
         expected to take, device, data sources with sizes, and seed."""
         name = self.profile.name
         purpose = _PROFILE_PURPOSE.get(name)
-        expected = EXPECTED_TIME.get(name, "no estimate for this profile")
+        expected = expected_time(name, self.chapter)
         lines = [f"- **Profile** `{name}`" + (f", {purpose}" if purpose else "")
                  + f". Expected time for this chapter: {expected}.",
                  f"- **Device**: {self._device_text()}.",
@@ -462,5 +561,6 @@ def start_run(chapter: str, profile="auto", seed: int = 0, device="auto",
     set_seed(seed)
     if dev.type == "cpu":
         torch.set_flush_denormal(True)  # denormal floats slow CPU arithmetic many times over
-    print(f"chapter {chapter}: profile {prof.name}, device {dev}, seed {seed}")
+    print(f"chapter {chapter}: profile {prof.name}, device {dev}, seed {seed}; expected "
+          f"time: {expected_time(prof.name, chapter)}")
     return Run(chapter, prof, seed, dev, Path(results_dir) if results_dir else None)

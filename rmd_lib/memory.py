@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from typing import Callable
 
 import torch
@@ -41,13 +42,33 @@ def budget_bytes(device) -> int:
     return int(gb * 2**30)
 
 
-def saved_bytes(fn: Callable[[], object]) -> int:
-    """Bytes of the tensors that autograd saves for the backward pass while ``fn()`` runs,
-    each storage counted once, plus those of ``fn``'s tensor output."""
-    seen, total = set(), 0
+def saved_bytes(fn: Callable[[], object], exclude=()) -> int:
+    """Bytes of the tensors that autograd keeps for the backward pass once ``fn()`` has run,
+    each storage counted once, plus those of ``fn``'s tensor output.
 
-    def count(t: torch.Tensor):
-        nonlocal total
+    A tensor saved by a graph that ``fn`` itself freed on the way (an inner optimisation's
+    step, say, such as the projection inside BPDA, which chunks itself) is not counted: it
+    is not held when the backward pass runs. The parameters and buffers of the modules in
+    ``exclude`` are left out too: a layer saves its weight for the input's gradient, but the
+    weight is in memory anyway, once, whatever the number of rows, so counting it in one
+    row's cost would shrink every chunk by it."""
+    if isinstance(exclude, torch.nn.Module):
+        exclude = (exclude,)
+    weights = {(t.untyped_storage().data_ptr(), t.device) for m in exclude
+               if isinstance(m, torch.nn.Module) for t in (*m.parameters(), *m.buffers())}
+    saved = []
+
+    def pack(t: torch.Tensor):
+        saved.append(weakref.ref(t))
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    alive = [t for t in (r() for r in saved) if t is not None]
+    if isinstance(out, torch.Tensor):
+        alive.append(out)
+    seen, total = set(weights), 0
+    for t in alive:
         try:
             storage = t.untyped_storage()
             key, size = (storage.data_ptr(), t.device), storage.nbytes()
@@ -57,12 +78,6 @@ def saved_bytes(fn: Callable[[], object]) -> int:
         if key not in seen:
             seen.add(key)
             total += size
-        return t
-
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
-        out = fn()
-    if isinstance(out, torch.Tensor):
-        count(out)
     return total
 
 

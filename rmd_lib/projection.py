@@ -23,7 +23,7 @@ from .checks import (check_betas, check_images, check_in_range, check_positive, 
 from .memory import budget_bytes, rows_per_chunk, saved_bytes
 from .randomness import Draws, as_indices, per_image
 
-__all__ = ["Projection", "project", "InvertAndClassify", "latent_path", "latent_dim", "sample_prior", "DEFENSE_GAN", "EXHAUSTIVE",
+__all__ = ["Projection", "project", "projection_chunk", "InvertAndClassify", "latent_path", "latent_dim", "sample_prior", "DEFENSE_GAN", "EXHAUSTIVE",
            "MIN_PRUNE_FRACTION", "DEFAULT_PRUNE"]
 
 # Defense-GAN's setting (Samangouei et al. 2018): momentum SGD, lr 10, x0.1 at 0.8 L,
@@ -203,11 +203,7 @@ def project(G: nn.Module, x: torch.Tensor, steps: int = 200, restarts: int = 10,
         )
 
     if batch_size is None:
-        # A step holds the forward pass's saved tensors, the backward pass's temporaries of
-        # about the same size, and the output: three times the saved bytes, per restart.
-        row = 3 * saved_bytes(lambda: _row_mse(G, z0[:1].to(device).requires_grad_(True), x[:1]))
-        chunk = min(n, rows_per_chunk(row * restarts, budget_bytes(device),
-                                      f"project ({restarts} restarts per image)"))
+        chunk = projection_chunk(G, x, restarts, z0[:1])
     else:
         chunk = batch_size
     parts = []
@@ -230,6 +226,23 @@ def project(G: nn.Module, x: torch.Tensor, steps: int = 200, restarts: int = 10,
     history = {t: torch.cat([p[3][t] for p in parts]) for t in sorted(parts[0][3])}
     return Projection(z_best.detach(), x_hat.detach(), mse, restart_mse,
                       sum(p[2] for p in parts), history or None)
+
+
+def projection_chunk(G: nn.Module, x: torch.Tensor, restarts: int,
+                     z: torch.Tensor | None = None) -> int:
+    """Images per chunk of :func:`project` under the memory budget (:mod:`rmd_lib.memory`):
+    a step holds the forward pass's saved tensors, the backward pass's temporaries of about
+    the same size, and the output, so one image costs three times the bytes one row saves
+    (measured on x's first image, from the latent ``z`` (1, d) or a prior draw), times its
+    ``restarts``."""
+    device = model_device(G) or x.device
+    if z is None:
+        z = sample_prior(G, 1, torch.Generator().manual_seed(0))
+    z = z[:1].to(device)
+    row = 3 * saved_bytes(lambda: _row_mse(G, z.clone().requires_grad_(True), x[:1]),
+                          exclude=G)
+    return min(x.shape[0], rows_per_chunk(row * restarts, budget_bytes(device),
+                                          f"project ({restarts} restarts per image)"))
 
 
 def _project_chunk(G, x, z, steps, restarts, lr, optimizer, momentum, betas, decay_at, decay,
@@ -339,7 +352,8 @@ class InvertAndClassify(nn.Module):
     changes nothing. ``reset()`` starts the streams over, so that two evaluations can be
     scored on the same draws. The output carries no gradient to x: attacking INC needs
     BPDA or a substitute. Unknown or out-of-range projection settings are refused when
-    the module is built.
+    the module is built. ``batch_size`` is one of them: it goes to :func:`project` (the
+    default None picks the chunk from the memory budget), and changes no result.
     """
 
     def __init__(self, G: nn.Module, classifier: nn.Module, *, seed: int | None = 0, **projection):

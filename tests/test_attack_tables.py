@@ -232,8 +232,6 @@ def test_setup_builds_the_defense_and_slices_test_images(tiny_mnist, tiny_genera
     assert inc.projection == {"steps": tiny_profile.proj_steps, "restarts": 1} and inc.seed == 4
     x, y = s.test_images(5, "cpu", offset=27)
     assert torch.equal(x, tiny_mnist.x_test[27:32]) and torch.equal(y, tiny_mnist.y_test[27:32])
-    with pytest.raises(ValueError, match="test images"):
-        s.test_images(10, "cpu", offset=27)
 
 
 def test_attacker_inc_runs_every_restart_of_the_short_projection(tiny_mnist, make_net,
@@ -289,3 +287,57 @@ def test_table_outcomes_are_the_per_image_results_behind_each_accuracy(parts, ma
                           outcomes=un_got)
     assert set(un_got) == {(2, "unrolled model"), (2, "INC")}
     assert rows[0]["INC"] == pytest.approx(un_got[2, "INC"].float().mean().item())
+
+
+def test_test_images_caps_at_what_the_source_has(tiny_mnist, tiny_generator, make_net,
+                                                 capsys):
+    from rmd_lib.experiment import Setup
+    s = Setup("mnist", tiny_mnist, make_net(), tiny_generator, tiny_generator)
+    have = len(tiny_mnist.x_test)
+    x, y = s.test_images(have + 500, "cpu")
+    assert len(x) == len(y) == have
+    assert f"asked for from image 0, but the source has {have}" in capsys.readouterr().out
+    x, _ = s.test_images(10, "cpu", offset=have - 3)
+    assert len(x) == 3 and "using the 3 there are" in capsys.readouterr().out
+    s.test_images(have, "cpu")
+    assert "note" not in capsys.readouterr().out  # no note when nothing is capped
+    with pytest.raises(ValueError, match="offset"):
+        s.test_images(2, "cpu", offset=have)
+    with pytest.raises(ValueError, match="n must"):
+        s.test_images(0, "cpu")
+
+
+def test_gradient_timing_waits_for_the_device_before_each_clock_reading(monkeypatch,
+                                                                        tiny_generator):
+    import rmd_lib.attack_tables as at
+
+    log = []
+    monkeypatch.setattr(at, "_synchronize", lambda x: log.append("sync"))
+    import types
+    clock = iter(range(100))
+    fake_time = types.SimpleNamespace(perf_counter=lambda: log.append("clock") or next(clock))
+    monkeypatch.setattr(at, "time", fake_time)  # the module's clock only, not pytest's
+    monkeypatch.setattr(at, "input_gradient", lambda m, x, y: log.append("grad") or x)
+    monkeypatch.setattr(at, "pgd", lambda m, x, y, e, **kw: x)
+    monkeypatch.setattr(at, "correct", lambda m, x, y: torch.ones(len(x), dtype=torch.bool))
+    x, y = torch.rand(2, 1, 6, 6), torch.tensor([0, 1])
+    rows = at.unrolled_table(tiny_generator, torch.nn.Flatten(), None, x, y, [1], eps=0.1,
+                             restarts=1, pgd_steps=1)
+    assert log == ["sync", "clock", "grad", "sync", "clock"]
+    assert rows[0]["seconds per gradient"] == 1
+
+
+def test_run_timer_synchronises_on_cuda_only(monkeypatch, tmp_path):
+    from rmd_lib.evaluation import Run
+    from rmd_lib.profiles import PROFILES
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    cpu = Run("c", PROFILES["smoke"], 0, torch.device("cpu"), tmp_path)
+    with cpu.timer("block"):
+        pass
+    assert calls == [] and "block" in cpu.timings
+    gpu = Run("c", PROFILES["smoke"], 0, torch.device("cuda", 0), tmp_path)
+    with gpu.timer("block"):
+        calls.append("work")
+    assert calls == [torch.device("cuda", 0), "work", torch.device("cuda", 0)]

@@ -321,3 +321,48 @@ def test_time_budgets_are_the_runners():
     spec.loader.exec_module(module)
     assert module.BUDGET_PER_NOTEBOOK == TIME_BUDGET_S
     assert set(EXPECTED_TIME) == set(PROFILES)
+
+
+def test_expected_time_per_chapter_says_how_it_was_obtained(tmp_path, capsys):
+    import re
+    from pathlib import Path
+
+    from rmd_lib import evaluation as ev
+    from rmd_lib.evaluation import Run, expected_time, start_run
+    from rmd_lib.profiles import PROFILES
+
+    root = Path(__file__).resolve().parent.parent
+    # the chapter names are the ones the notebooks open their runs with
+    names = [re.search(r'start_run\("(\w+)"', p.read_text()).group(1)
+             for p in sorted((root / "notebooks").glob("[0-9][0-9]_*.py"))]
+    assert tuple(names) == ev.CHAPTERS
+    for chapter in ev.CHAPTERS:
+        colab = expected_time("colab", chapter)
+        assert "an estimate, not yet run on a GPU" in colab and "10 min" in colab
+        assert "75 s on an H200" in colab and "1/8" in colab
+        assert "an estimate" in expected_time("paper", chapter)
+        standard = expected_time("standard", chapter)
+        if chapter in ev.STANDARD_MEASURED_S:
+            assert "measured: " in standard
+        else:
+            assert "the profile's budget" in standard and "measured 97 min together" in standard
+    assert "measured: 10 min 58 s)" in expected_time("standard", "generative_models")
+    # the banner and the start of a run carry the chapter's line
+    run = Run("adaptive_attacks", PROFILES["colab"], 0, torch.device("cpu"), tmp_path)
+    assert expected_time("colab", "adaptive_attacks") in run.banner_markdown()
+    start_run("faces", "standard", 0, "cpu", tmp_path)
+    assert expected_time("standard", "faces") in capsys.readouterr().out
+    # once gpu_check.sh has measured colab, the estimate wording goes
+    ev.COLAB_MEASURED = True
+    try:
+        assert "estimate" not in expected_time("colab", "faces")
+    finally:
+        ev.COLAB_MEASURED = False
+    # README states the same figures, and that colab has not run on a GPU
+    readme = (root / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `colab`"))
+    assert "not yet run on a GPU" in row and "estimate" in row
+    row = next(line for line in readme.splitlines() if line.startswith("| `standard`"))
+    assert f"{ev.STANDARD_BOOK_MIN} min" in row
+    for chapter, runs in ev.STANDARD_MEASURED_S.items():
+        assert all(f"{s:.0f} s" in row or f"{s:.0f} and" in row for s in runs)

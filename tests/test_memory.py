@@ -53,3 +53,14 @@ def test_saved_bytes_through_functorch_transforms(tiny_generator, tiny_net):
     x = torch.rand(2, 1, 6, 6)
     out = pgd(BPDA(inc, backward="tangent"), x, torch.tensor([0, 1]), 0.1, steps=1)
     assert out.shape == x.shape
+
+
+def test_saved_bytes_leaves_out_the_weights_of_excluded_modules():
+    lin = nn.Linear(100, 50)
+    x = torch.randn(8, 100, requires_grad=True)
+    # With x needing a gradient, Linear also saves its weight (50 x 100), which is in memory
+    # once whatever the rows: excluded, one row's cost is the input and output alone.
+    with_weight = saved_bytes(lambda: lin(x))
+    assert with_weight == 4 * (8 * 100 + 8 * 50 + 50 * 100)
+    assert saved_bytes(lambda: lin(x), exclude=lin) == 4 * (8 * 100 + 8 * 50)
+    assert saved_bytes(lambda: lin(x), exclude=[nn.Linear(1, 1), lin]) == 4 * (8 * 100 + 8 * 50)

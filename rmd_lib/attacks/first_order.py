@@ -14,7 +14,7 @@ from ..memory import budget_bytes, rows_per_chunk, saved_bytes
 from ..randomness import as_indices, chunked, per_image, randomised
 from .common import NORMS, check_attack_args
 
-__all__ = ["fgsm", "bim", "pgd", "project_ball", "ball_sample", "input_gradient", "NORMS"]
+__all__ = ["fgsm", "bim", "pgd", "pgd_chunk", "project_ball", "ball_sample", "input_gradient", "NORMS"]
 
 def input_gradient(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Gradient of the summed cross-entropy with respect to the input images."""
@@ -83,7 +83,7 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str = "lin
     alpha = 2.5 * eps / steps if alpha is None else check_eps(alpha, "alpha")
     idx = as_indices(indices, len(x))
     if batch_size is None:
-        batch_size = _images_per_chunk(model, x, y, "pgd")
+        batch_size = pgd_chunk(model, x, y, "pgd")
     else:
         batch_size = check_positive_int(batch_size, "batch_size")
     parts = chunked(model, len(x), batch_size, lambda rows: _pgd(
@@ -91,13 +91,15 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str = "lin
     return torch.cat(parts)
 
 
-def _images_per_chunk(model, x: torch.Tensor, y: torch.Tensor, what: str) -> int:
+def pgd_chunk(model, x: torch.Tensor, y: torch.Tensor, what: str = "pgd") -> int:
     """Images per chunk under the memory budget: three times the bytes that one image's
     loss saves for its gradient. The probe leaves a randomised model's streams as it found
     them, so it changes no later draw."""
     draws = randomised(model)
     state = [(d.offset, d.call) for d in draws]
-    row = 3 * saved_bytes(lambda: F.cross_entropy(model(x[:1].detach().requires_grad_(True)), y[:1]))
+    row = 3 * saved_bytes(
+        lambda: F.cross_entropy(model(x[:1].detach().requires_grad_(True)), y[:1]),
+        exclude=model if isinstance(model, torch.nn.Module) else ())
     for d, (offset, call) in zip(draws, state):
         d.offset, d.call = offset, call
     return min(len(x), rows_per_chunk(row, budget_bytes(x.device), f"{what} (one image)"))

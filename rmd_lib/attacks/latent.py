@@ -20,11 +20,12 @@ import math
 import torch
 
 from ..checks import check_eps, check_positive, check_positive_int
+from ..memory import budget_bytes, rows_per_chunk, saved_bytes
 from ..projection import InvertAndClassify
 from .common import check_attack_args, cw_margin
 from .first_order import project_ball
 
-__all__ = ["latent_space_attack"]
+__all__ = ["latent_space_attack", "latent_attack_chunk"]
 
 
 def _violation(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
@@ -36,7 +37,8 @@ def _violation(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
 def latent_space_attack(inc: InvertAndClassify, x: torch.Tensor, y: torch.Tensor, eps: float, *,
                         norm: str = "l2", steps: int = 200, lr: float = 0.05,
                         lam_init: float = 1.0, lam_rate: float = 1.0, kappa: float = 0.0,
-                        z0: torch.Tensor | None = None) -> torch.Tensor:
+                        z0: torch.Tensor | None = None,
+                        batch_size: int | None = None) -> torch.Tensor:
     """Adversarial images x + G(z) - G(z0) within eps of x, batched over images.
 
     inc: the defense (its generator ``G``, its ``classifier`` and its projection for the
@@ -44,6 +46,11 @@ def latent_space_attack(inc: InvertAndClassify, x: torch.Tensor, y: torch.Tensor
     by which the wrong class must win; ``z0`` (N, latent_dim) replaces the starting
     inversion. Of all the iterates whose move lies within the budget, the one with the lowest
     margin is kept; the result is x plus that move, clipped to the eps-ball and [0, 1].
+    ``batch_size`` caps the images searched at once (the starting inversion chunks itself,
+    see :func:`~rmd_lib.projection.project`); None picks it from the memory budget
+    (:mod:`rmd_lib.memory`) and what one image's step costs. Each image's search is its
+    own (Adam and the multiplier act per coordinate and per image), so chunks give the same
+    examples.
     """
     if not isinstance(inc, InvertAndClassify):
         raise TypeError("latent_space_attack needs the InvertAndClassify defense itself (its "
@@ -54,9 +61,44 @@ def latent_space_attack(inc: InvertAndClassify, x: torch.Tensor, y: torch.Tensor
     check_positive(lr, "lr", "It is Adam's step size on z; the default is 0.05.")
     check_positive(lam_rate, "lam_rate", "It is the dual-ascent step of the multiplier that holds "
                    "the move within eps; with 0 the budget is never enforced. The default is 1.0.")
+    if batch_size is not None:
+        batch_size = check_positive_int(batch_size, "batch_size")
     G, clf = inc.G, inc.classifier
+    n = x.shape[0]
     if z0 is None:
         z0 = inc.project(x).z
+    elif z0.ndim != 2 or z0.shape[0] != n:
+        raise ValueError(f"z0 must hold one latent per image, shape ({n}, d), got "
+                         f"{tuple(z0.shape)}.")
+    if batch_size is None:
+        batch_size = latent_attack_chunk(inc, x, y, z0, eps, norm, kappa)
+    parts = [_search(G, clf, x[i:i + batch_size], y[i:i + batch_size],
+                     z0[i:i + batch_size], eps, norm, steps, lr, lam_init, lam_rate, kappa)
+             for i in range(0, n, batch_size)]
+    return torch.cat(parts)
+
+
+def latent_attack_chunk(inc: InvertAndClassify, x: torch.Tensor, y: torch.Tensor,
+                        z0: torch.Tensor, eps: float, norm: str = "l2",
+                        kappa: float = 0.0) -> int:
+    """Images per chunk of :func:`latent_space_attack` under the memory budget: three times
+    the bytes one image's step saves for its gradient (the forward pass's saved tensors,
+    the backward pass's temporaries of about that size, and the output)."""
+    G, clf = inc.G, inc.classifier
+
+    def one_step():
+        z = z0[:1].detach().clone().requires_grad_(True)
+        x_g = G(z)
+        v = _violation(x_g - x_g.detach(), eps, norm)
+        return (cw_margin(clf(x_g), y[:1], kappa) + v).sum()
+
+    row = 3 * saved_bytes(one_step, exclude=(G, clf))
+    return min(x.shape[0], rows_per_chunk(row, budget_bytes(x.device),
+                                          "latent_space_attack (one image)"))
+
+
+def _search(G, clf, x, y, z0, eps, norm, steps, lr, lam_init, lam_rate, kappa):
+    """One chunk of :func:`latent_space_attack`: the searches of the images of x."""
     z = z0.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
     n = x.shape[0]

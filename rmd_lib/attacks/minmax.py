@@ -25,7 +25,7 @@ from ..memory import budget_bytes, rows_per_chunk, saved_bytes
 from ..projection import latent_dim, sample_prior
 from ..randomness import as_indices, per_image
 
-__all__ = ["MinMaxPairs", "minmax_pairs", "divergence", "DIVERGENCES"]
+__all__ = ["MinMaxPairs", "minmax_pairs", "minmax_chunk", "divergence", "DIVERGENCES"]
 
 DIVERGENCES = ("sym_kl", "ce")
 
@@ -132,14 +132,7 @@ def minmax_pairs(G: nn.Module, C: nn.Module, eps: float, n: int = 256, *, steps:
                    latent_penalty=latent_penalty, kind=kind, early_stop=early_stop,
                    keep_best=keep_best, progress=progress)
     if batch_size is None:
-        # One step holds both images' forward and backward passes for every pair: three
-        # times the bytes autograd saves for one pair, as for the projection.
-        def one_pair():
-            a, b = z1[:1].clone().requires_grad_(True), z2[:1].clone().requires_grad_(True)
-            xa, xb = G(a), G(b)
-            return divergence(C(xa), C(xb), kind).sum() + (xa - xb).norm()
-        batch_size = min(n, rows_per_chunk(3 * saved_bytes(one_pair), budget_bytes(device),
-                                           "minmax_pairs (one pair)"))
+        batch_size = minmax_chunk(G, C, z1, z2, kind)
     else:
         batch_size = check_positive_int(batch_size, "batch_size")
     parts = [_search(G, C, z1[i:i + batch_size], z2[i:i + batch_size], fixed, **options)
@@ -222,3 +215,19 @@ def _search(G, C, z1, z2, fixed, *, eps, steps, lr, lam_init, lam_rate, latent_p
         dist = (x1 - x2).flatten(1).norm(dim=1)
         return MinMaxPairs(z1.detach(), z2.detach(), x1, x2, dist, divergence(l1, l2, kind),
                            dist <= eps + 1e-6, l1.argmax(1) != l2.argmax(1), ran)
+
+
+def minmax_chunk(G: nn.Module, C: nn.Module, z1: torch.Tensor, z2: torch.Tensor,
+                 kind: str = "sym_kl") -> int:
+    """Pairs per chunk of :func:`minmax_pairs` under the memory budget: one step holds both
+    images' forward and backward passes for every pair, three times the bytes autograd
+    saves for one pair (measured on the first pair of z1, z2), as for the projection."""
+    device = model_device(G) or torch.device("cpu")
+
+    def one_pair():
+        a = z1[:1].detach().to(device).clone().requires_grad_(True)
+        b = z2[:1].detach().to(device).clone().requires_grad_(True)
+        xa, xb = G(a), G(b)
+        return divergence(C(xa), C(xb), kind).sum() + (xa - xb).norm()
+    row = 3 * saved_bytes(one_pair, exclude=(G, C))
+    return min(z1.shape[0], rows_per_chunk(row, budget_bytes(device), "minmax_pairs (one pair)"))
