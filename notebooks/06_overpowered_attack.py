@@ -146,7 +146,8 @@ from rmd_lib.evaluation import (markdown_table, paired_difference, start_run,
                                 wilson_interval)
 from rmd_lib.experiment import prepare
 from rmd_course.explorers import pair_explorer, pair_explorer_figure, pair_paths
-from rmd_lib.intervals import error_bars, interval_text, with_intervals
+from rmd_lib.intervals import (difference_text, error_bars, interval_text,
+                               with_intervals)
 from rmd_lib.plotting import image_grid, set_style
 from rmd_lib.randomness import stream
 
@@ -503,8 +504,8 @@ for name in names:
               why="predicted direction: a larger budget admits what a smaller one "
                   "does; the same starts at both budgets, so the margin is the "
                   "paired interval",
-              detail=f"mean {diff['mean']:+.3f} "
-                     f"[{diff['low']:+.3f}, {diff['high']:+.3f}], n = {diff['n']}")
+              detail=f"mean [95% interval] {difference_text(diff, 3)}, "
+                     f"n = {diff['n']}")
     top = rows[-1]["valid and different"]
     largest.append(f"{interval_text(top, P.minmax_n)} for {name}")
     agree = inc_agree[name]

@@ -402,6 +402,7 @@ for name, s in setups.items():
 # %%
 from rmd_lib.attack_tables import correct
 from rmd_lib.evaluation import paired_difference, wilson_interval
+from rmd_lib.intervals import difference_text
 
 
 def mean_text(values, share=True):
@@ -413,9 +414,9 @@ def mean_text(values, share=True):
     return f"{float(values.mean()):.3f} ({low:.3f} to {high:.3f})"
 
 
-def difference_text(d):
+def paired_text(d):
     p = f", McNemar p = {d['p_mcnemar']:.2g}" if "p_mcnemar" in d else ""
-    return f"{d['mean']:+.3f} ({d['low']:+.3f} to {d['high']:+.3f}{p})"
+    return difference_text(d, 3) + p
 
 
 with run.timer("evaluation"):
@@ -438,7 +439,7 @@ with run.timer("evaluation"):
             share = what != "pairs: mean score"  # the others are 0/1 outcomes
             rows.append({"measure": f"{what} (n = {len(a)})",
                          "PGD": mean_text(a, share), "authors": mean_text(b, share),
-                         "authors - PGD": difference_text(found[what])})
+                         "authors - PGD": paired_text(found[what])})
         paired[name]["authors minus PGD"] = found
         display(Markdown(f"**{name}**: the authors' variant against the PGD classifier "
                          "(mean, 95% interval)\n\n" + markdown_table(rows)))
@@ -449,8 +450,8 @@ with run.timer("evaluation"):
                       why="the authors' variant adds the pair term to PGD training; a "
                           "decrease is claimed only when the paired interval excludes "
                           "zero (the variant also ran more PGD steps)",
-                      detail=f"mean {d['mean']:+.3f}, interval {d['low']:+.3f} to "
-                             f"{d['high']:+.3f}, n = {d['n']}")
+                      detail=f"mean [95% interval] {difference_text(d, 3)}, "
+                             f"n = {d['n']}")
 
 # %% [markdown]
 # ## What this chapter measured
@@ -490,8 +491,8 @@ for name in names:
                       why="the paper: training on the pairs softens the boundary; "
                           "a decrease is claimed only when the paired interval "
                           "excludes zero",
-                      detail=f"mean {d['mean']:+.3f}, interval {d['low']:+.3f} to "
-                             f"{d['high']:+.3f}, n = {d['n']}")
+                      detail=f"mean [95% interval] {difference_text(d, 3)}, "
+                             f"n = {d['n']}")
         run.claim(f"{name}: clean accuracy lost to manifold training",
                   base["clean"] - man["clean"], "<=", 0.02,
                   why="the paper: no loss of accuracy; 2 points allowed, about twice "
