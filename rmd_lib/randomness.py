@@ -14,8 +14,9 @@ that each chunk sees the indices and call numbers it would have seen in one whol
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -89,12 +90,38 @@ class Draws:
     seed: int
     offset: int = 0
     call: int = 0
+    pinned: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    def indices(self, n: int) -> torch.Tensor:
+        """The global indices (n,) of a call on n images: ``offset, offset + 1, ...``, or
+        the indices pinned by :meth:`pin`."""
+        if self.pinned is None:
+            return torch.arange(self.offset, self.offset + n)
+        if len(self.pinned) != n:
+            raise ValueError(f"the draws are pinned to {len(self.pinned)} images, but the call "
+                             f"has {n}; pass the images the indices were pinned for.")
+        return self.pinned
 
     def next(self, n: int) -> tuple[torch.Tensor, int]:
         """Indices (n,) and the call number for a call on n images; advances the call count."""
-        idx = torch.arange(self.offset, self.offset + n)
+        idx = self.indices(n)
         call, self.call = self.call, self.call + 1
         return idx, call
+
+    @contextmanager
+    def pin(self, indices: torch.Tensor, call: int) -> Iterator[None]:
+        """Calls made inside take these global indices (any subset of the images, in any
+        order) and start counting from call number ``call``; afterwards the indices are
+        unpinned. An attack that queries a changing subset of its images (a random search
+        dropping the images it has fooled) uses this so that each image's draws follow its
+        own index and the query number, not its place among the images still running."""
+        previous = self.pinned
+        self.pinned = torch.as_tensor(indices, dtype=torch.long).flatten().cpu()
+        self.call = int(call)
+        try:
+            yield
+        finally:
+            self.pinned = previous
 
     def reset(self) -> None:
         self.offset, self.call = 0, 0

@@ -152,6 +152,16 @@ def test_chunked_restores_the_counts_of_one_call(tiny_generator):
     assert inc.draws == Draws(0, 0, 1)
 
 
+def test_pinned_draws_name_any_subset_and_are_released():
+    d = Draws(3, offset=10, call=5)
+    with d.pin(torch.tensor([12, 17]), call=40):
+        idx, call = d.next(2)
+        assert idx.tolist() == [12, 17] and call == 40 and d.call == 41
+        with pytest.raises(ValueError, match="pinned to 2 images"):
+            d.next(3)
+    assert d.pinned is None and d.next(2)[0].tolist() == [10, 11]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_projection_on_cuda_matches_the_cpu(tiny_generator, images):
     cpu = project(tiny_generator, images, steps=30, restarts=3, seed=2)

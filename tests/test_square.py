@@ -11,6 +11,7 @@ from torch import nn
 from rmd_lib.attacks import input_gradient, pgd, square_attack, square_attack_with_stats
 from rmd_lib.attacks.square import margin_loss, p_schedule
 from rmd_lib.projection import InvertAndClassify
+from rmd_lib.randomness import chunked
 
 from conftest import make_tiny_net
 
@@ -162,7 +163,27 @@ def test_runs_on_randomised_invert_and_classify(norm, tiny_generator, tiny_net, 
     x_adv, used = square_attack_with_stats(inc, x, y, EPS[norm], norm=norm, queries=4,
                                           progress=True)
     assert (dist(x_adv, x, norm) <= EPS[norm] + 1e-6).all()
-    assert (used <= 4).all() and inc.draws.call == int(used.max())  # one defense call per query
+    # One defense call per query, and the count moves on by the budget, stopped early or not.
+    assert (used <= 4).all() and inc.draws.call == 4
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_randomised_defense_draws_follow_the_image_not_the_batch(norm, tiny_generator,
+                                                                 tiny_net, tiny_batch):
+    # Images stop as they are fooled, so a query's batch changes from step to step; the
+    # defense's restarts must still come from each image's own index and the query number.
+    x, y = tiny_batch
+    inc = InvertAndClassify(tiny_generator, tiny_net, seed=0, steps=5, restarts=2)
+    whole, used = square_attack_with_stats(inc, x, y, EPS[norm], norm=norm, queries=6)
+    assert inc.draws.call == 6
+    inc.reset()
+    parts = chunked(inc, len(x), 3, lambda rows: square_attack_with_stats(
+        inc, x[rows], y[rows], EPS[norm], norm=norm, queries=6,
+        indices=torch.arange(rows.start, rows.stop)))
+    assert inc.draws.call == 6
+    torch.testing.assert_close(torch.cat([p[0] for p in parts]), whole, atol=1e-6, rtol=0)
+    assert torch.equal(torch.cat([p[1] for p in parts]), used)
+    assert (used > 1).any()  # the attack did run past its first query
 
 
 def test_p_schedule_halves_at_the_scaled_milestones():

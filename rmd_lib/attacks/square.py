@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import math
 import numbers
+from contextlib import ExitStack
 
 import torch
 from tqdm.auto import tqdm
 
 from ..checks import check_labels, check_positive_int
-from ..randomness import as_indices, stream
+from ..randomness import as_indices, randomised, stream
 from .common import check_attack_args
 
 __all__ = ["square_attack", "square_attack_with_stats", "margin_loss", "p_schedule"]
@@ -147,6 +148,37 @@ def _step_l2(x, x_best, eps, p, gens):
     return (x + nu).clamp(0.0, 1.0)
 
 
+class _Queries:
+    """The model's queries, with each randomised part of it (:func:`randomised`) pinned so
+    that query q of image j draws from the streams of j's global index and call number
+    ``call + q * stride``: the same, whichever other images are still running, whatever
+    the batch or chunk. The stride is the number of calls one query makes (measured at the
+    first query), so successive queries never share a call number. At the end each call
+    count stands where ``queries`` queries leave it, however many ran."""
+
+    def __init__(self, model, base_indices: torch.Tensor, queries: int):
+        self.model, self.queries = model, queries
+        self.draws = randomised(model)
+        self.base = base_indices
+        self.start = [d.call for d in self.draws]
+        self.stride: list[int] | None = None
+
+    def __call__(self, x: torch.Tensor, rows: torch.Tensor, q: int) -> torch.Tensor:
+        with ExitStack() as stack:
+            for k, d in enumerate(self.draws):
+                call = self.start[k] + q * (self.stride[k] if self.stride else 0)
+                idx = self.base[rows.cpu()] if self.base is not None else d.offset + rows.cpu()
+                stack.enter_context(d.pin(idx, call))
+            logits = _query(self.model, x)
+            if self.stride is None:
+                self.stride = [max(d.call - s, 1) for d, s in zip(self.draws, self.start)]
+        return logits
+
+    def finish(self) -> None:
+        for d, s, k in zip(self.draws, self.start, self.stride or [1] * len(self.draws)):
+            d.call = s + self.queries * k
+
+
 def _query(model, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         logits = model(x)
@@ -169,8 +201,11 @@ def square_attack_with_stats(model, x: torch.Tensor, y: torch.Tensor, eps: float
     small images such as MNIST larger values, e.g. AutoAttack's 0.8, do better). Image i's
     draws come from the stream (``seed``, ``indices[i]``), ``indices`` being the images'
     global indices (default 0..N-1). Each iteration is one batched model call on the images
-    still running; a randomised defense draws afresh at every query, as it would for any
-    attacker, so there the result also depends on the defense's own streams. Returns x_adv
+    still running. A randomised defense draws afresh at every query, as it would for any
+    attacker: query q of image i draws from the defense's streams of i's global index
+    (``indices[i]``, or the defense's offset plus i) and the q-th call after the attack
+    began, so the result does not depend on which images share a batch, a chunk or a shard,
+    and afterwards the defense's call count has moved on by ``queries``. Returns x_adv
     (N, C, H, W), inside the eps-ball around x and [0, 1], and the queries per image, (N,)
     int64 on the CPU, each in 1..``queries``. With eps = 0 the images are evaluated once.
 
@@ -187,10 +222,12 @@ def square_attack_with_stats(model, x: torch.Tensor, y: torch.Tensor, eps: float
         raise ValueError(f"p_init must be a number in (0, 1], got {p_init!r}.")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ValueError(f"seed must be an integer, got {seed!r}.")
-    gens = [stream(seed, i) for i in as_indices(indices, len(x)).tolist()]
+    index = as_indices(indices, len(x))
+    gens = [stream(seed, i) for i in index.tolist()]
+    query = _Queries(model, None if indices is None else index, queries)
     start = (_init_linf if norm == "linf" else _init_l2)(gens, x.shape)
     x_best = (x + eps * start.to(x.device, x.dtype)).clamp(0.0, 1.0)
-    logits = _query(model, x_best)
+    logits = query(x_best, torch.arange(len(x)), 0)
     check_labels(y, len(x), "y", num_classes=logits.shape[1])
     margin = margin_loss(logits, y)
     used = torch.ones(len(x), dtype=torch.long)
@@ -204,11 +241,12 @@ def square_attack_with_stats(model, x: torch.Tensor, y: torch.Tensor, eps: float
         bar.set_postfix(running=len(run))
         cand = step(x[run], x_best[run], eps, p_schedule(p_init, i, queries),
                     [gens[j] for j in run.tolist()])
-        new = margin_loss(_query(model, cand), y[run])
+        new = margin_loss(query(cand, run, i + 1), y[run])
         used[run.cpu()] += 1
         better = new < margin[run]  # random search: keep a candidate only if it helps
         x_best[run[better]], margin[run[better]] = cand[better], new[better]
     bar.close()
+    query.finish()
     return x_best.detach(), used
 
 

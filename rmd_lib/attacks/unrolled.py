@@ -156,7 +156,7 @@ class UnrolledINC(nn.Module):
             raise ValueError(f"lr must be a positive number, got {lr!r}.")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        indices = torch.arange(self.draws.offset, self.draws.offset + x.shape[0])
+        indices = self.draws.indices(x.shape[0])
         x_hat = unrolled_project(self.G, x, self.steps, self.restarts, self.lr, seed=self.seed,
                                  indices=indices, batch_size=self.batch_size)
         return self.classifier(x_hat)
