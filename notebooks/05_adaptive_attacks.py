@@ -99,6 +99,7 @@ from rmd_lib.data import dataset_names
 from rmd_lib.evaluation import markdown_table, start_run
 from rmd_lib.experiment import prepare
 from rmd_lib.plotting import image_grid, set_style
+from rmd_lib.profiles import SQUARE_QUERY_S_H200, square_seconds_h200
 
 set_style()
 run = start_run("adaptive_attacks", profile, seed, device, results_dir)
@@ -492,12 +493,17 @@ for name in names:
 #   squares (weights falling as $1/(k+1)^2$ from the centre) plus the window's old
 #   direction, rescaled so that $\lVert x' - x \rVert_2 = \varepsilon$.
 #
-# Every query costs a full projection of the images still running, so Square runs on
-# the first {glue:text}`square_n` test images only, at the largest budget of each norm,
-# with at most {glue:text}`square_queries` queries per image, and a large first window
-# ($p = 0.8$ of the pixels, as suits small images). In this run it took
-# {glue:text}`square_seconds` of the attacks' {glue:text}`attack_seconds`. Its columns
-# in the tables above are paired with the rest: the same images, scored on the same
+# Every query costs a full projection of the images still running: on an H200 about
+# {glue:text}`square_query_ms` per image (an estimate from the projection's benchmark).
+# At the scale one would want for a published evaluation ({glue:text}`square_full_n`
+# images, up to {glue:text}`square_full_queries` queries each), the two datasets and
+# two norms would take about {glue:text}`square_full_scale` on that GPU. So Square
+# runs on the first {glue:text}`square_n` test images only, at the largest budget of
+# each norm, with at most {glue:text}`square_queries` queries per image, and a large
+# first window ($p = 0.8$ of the pixels, as suits small images). The `colab` and
+# `paper` profiles give it more images and queries, sized to their budgets. In this run
+# it took {glue:text}`square_seconds` of the attacks' {glue:text}`attack_seconds`. Its
+# columns in the tables above are paired with the rest: the same images, scored on the same
 # draw of INC's restarts (image $i$'s draw depends on its index, not on the batch it is
 # scored in). `first n` counts those images, `worst case, first n` is the worst case of
 # the other attacks on them, and the last column adds Square, image by image.
@@ -539,6 +545,16 @@ for name in names:
 glue("square_n", n_sq, display=False)
 glue("square_queries", P.square_queries, display=False)
 glue("square_seconds", f"{run.timings['square']:.0f} s", display=False)
+# What a query costs on a GPU, and what the Square paper's scale would cost (an estimate
+# from the projection's H200 benchmark; see rmd_lib.profiles.square_seconds_h200).
+# A published evaluation's scale: 1,000 images, up to 10,000 queries each.
+SQUARE_FULL_N, SQUARE_FULL_QUERIES = 1000, 10_000
+full_scale = square_seconds_h200(P.with_(square_n=SQUARE_FULL_N,
+                                         square_queries=SQUARE_FULL_QUERIES))
+glue("square_full_n", f"{SQUARE_FULL_N:,}", display=False)
+glue("square_full_queries", f"{SQUARE_FULL_QUERIES:,}", display=False)
+glue("square_query_ms", f"{SQUARE_QUERY_S_H200 * 1000:.1f} ms", display=False)
+glue("square_full_scale", f"{full_scale / 3600:.0f} h", display=False)
 glue("attack_seconds", f"{run.timings['attacks']:.0f} s", display=False)
 glue("square_only", ", ".join(
     f"{r['dataset']} {r['norm']}: {r['broken by Square only']}" for r in square_rows),

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-__all__ = ["Profile", "PROFILES", "get_profile", "resolve_device", "dry_run"]
+__all__ = ["Profile", "PROFILES", "get_profile", "resolve_device", "dry_run",
+           "square_seconds_h200"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ class Profile:
     # standard's MNIST INC (200 steps, 10 restarts), 1 CPU thread, 20 images and 100
     # queries: 31 s at L-inf 0.3 and 48 s at L2 3.0. Standard runs 10 images, about 40 s
     # per dataset, which is what the chapter's 18 minutes leave room for.
+    # On a GPU the same arithmetic holds: see SQUARE_QUERY_S_H200 below; colab and paper
+    # are sized by it, not by the paper's 10,000 queries, which no chapter could afford.
     square_n: int = 10
     square_queries: int = 100
     # the overpowered attack chapter: min-max pairs searched per dataset and budget (L2 eps on
@@ -208,7 +211,9 @@ PROFILES: dict[str, Profile] = {
         proj_steps=200, proj_restarts=10, n_attack=1000, bim_steps=20,
         sweep_steps=(10, 25, 50, 100, 200, 400), sweep_restarts=(1, 2, 5, 10), n_sweep=500,
         batch_size=256, n_adaptive=1000, cw_binary_steps=5, eot_samples=4,
-        square_n=1000, square_queries=5000,
+        # Square on 16 images x 100 queries: at most 30 s on an H200 (square_seconds_h200),
+        # where 1,000 images x 5,000 queries would take about a day.
+        square_n=16, square_queries=100,
         n_transfer=1000, minmax_n=1000, at_steps=500,
         began_iters=3000, began_width=64, began_resolution=32, began_batch=64,
         n_faces=1000, face_proj=(200, 10), face_sub=(150, 4), face_at=(500, 64, 50),
@@ -229,8 +234,8 @@ PROFILES: dict[str, Profile] = {
         n_sweep=500, batch_size=256,
         n_adaptive=1000, cw_steps=1000, cw_binary_steps=9, cw_kappas=(0.0, 5.0, 10.0, 20.0, 40.0),
         unroll_steps=(10, 50, 200, 1000), unroll_restarts=4, adaptive_steps=100,
-        eot_samples=10, attack_proj=(200, 10), latent_steps=500, square_n=1000,
-        square_queries=5000, sub_seed=150, sub_rounds=6,
+        eot_samples=10, attack_proj=(200, 10), latent_steps=500, square_n=100,
+        square_queries=1000, sub_seed=150, sub_rounds=6,
         sub_epochs=10, sub_budget=10000, enc_train=20000, enc_epochs=50, n_transfer=2000,
         minmax_eps=(0.5, 1.0, 2.0, 3.0, 4.0), minmax_n=1000, minmax_steps=500, at_steps=2000,
         at_pairs=128, at_pair_steps=100, pgd_at_attack_steps=40, n_paths=256,
@@ -289,6 +294,22 @@ def dry_run(profile: Profile) -> Profile:
 
 
 PROFILES["colab-dryrun"] = dry_run(PROFILES["colab"])
+
+
+# What one Square query costs on a GPU: a full projection of the image. The library's
+# default projection (200 steps, 10 restarts, MNIST VAE) ran at 444 images/s on an H200
+# (python -m rmd_lib.bench projection, 10,000 images), before its pruning was moved to
+# start at 20% of the steps, which made it 0.48x as fast on the CPU. So about 213 images/s,
+# 4.7 ms per image and query, now: an estimate until scripts/gpu_check.sh times it.
+SQUARE_QUERY_S_H200 = 1 / (444 * 0.48)
+
+
+def square_seconds_h200(p: "Profile", datasets: int = 2, norms: int = 2) -> float:
+    """Square's worst case on an H200 in profile ``p``: every image of the first
+    ``square_n`` runs all its queries, at each dataset and norm, each query a projection of
+    ``proj_steps`` x ``proj_restarts`` (scaled from the default 200 x 10). An estimate."""
+    scale = p.proj_steps * p.proj_restarts / 2000
+    return datasets * norms * p.square_n * p.square_queries * SQUARE_QUERY_S_H200 * scale
 
 
 def get_profile(name: str | Profile = "auto", device: str | torch.device | None = "auto") -> Profile:

@@ -77,10 +77,17 @@ def test_square_attack_runs_on_a_part_of_the_adaptive_images(name):
     assert 1 <= p.square_n <= p.n_adaptive and p.square_queries >= 2, p.name
 
 
-def test_square_attack_budgets():
-    assert (PROFILES["smoke"].square_n, PROFILES["smoke"].square_queries) == (8, 10)
-    for name in ("colab", "paper"):  # the published scale: 1,000 images, 5,000 queries
-        assert (PROFILES[name].square_n, PROFILES[name].square_queries) == (1000, 5000)
+def test_square_attack_fits_the_gpu_budgets():
+    from rmd_lib.evaluation import COLAB_BUDGET_S, H200_TO_T4
+    from rmd_lib.profiles import square_seconds_h200
+    c, m, p = PROFILES["colab"], PROFILES["standard"], PROFILES["paper"]
+    # Each query is a full projection, so Square's worst case (no image fooled early) must
+    # leave colab's chapter budget (75 s on an H200) room for the rest: at most half of it.
+    assert square_seconds_h200(c) <= COLAB_BUDGET_S / H200_TO_T4 / 2
+    assert square_seconds_h200(p) <= 6 * 3600  # paper: hours, not days
+    # ... and still more images and queries than the CPU book
+    assert c.square_n > m.square_n and c.square_queries >= m.square_queries
+    assert p.square_n > c.square_n and p.square_queries > c.square_queries
 
 
 def test_auto_picks_standard_without_cuda(no_cuda):
