@@ -304,7 +304,7 @@ PROFILES["colab-dryrun"] = dry_run(PROFILES["colab"])
 SQUARE_QUERY_S_H200 = 1 / (444 * 0.48)
 
 
-def square_seconds_h200(p: "Profile", datasets: int = 2, norms: int = 2) -> float:
+def square_seconds_h200(p: Profile, datasets: int = 2, norms: int = 2) -> float:
     """Square's worst case on an H200 in profile ``p``: every image of the first
     ``square_n`` runs all its queries, at each dataset and norm, each query a projection of
     ``proj_steps`` x ``proj_restarts`` (scaled from the default 200 x 10). An estimate."""
