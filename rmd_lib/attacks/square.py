@@ -175,7 +175,8 @@ class _Queries:
         return logits
 
     def finish(self) -> None:
-        for d, s, k in zip(self.draws, self.start, self.stride or [1] * len(self.draws)):
+        # the first query always runs (it scores the random start), so stride is known
+        for d, s, k in zip(self.draws, self.start, self.stride):
             d.call = s + self.queries * k
 
 
