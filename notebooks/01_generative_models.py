@@ -35,9 +35,9 @@
 # **You need** no earlier chapter. The maths: Gaussian densities, the KL divergence,
 # gradient descent, and the reparameterisation $z = \mu + \sigma \odot \epsilon$.
 #
-# **Time:** about 30 minutes to read. Running it takes under a minute in `smoke` and at
-# most 18 minutes in `standard` on 2 CPU cores (training the two generators is most of
-# it, once: the models are cached). The banner of a run gives its own time.
+# **Time:** about 30 minutes to read. Running it takes under a minute in `smoke` and
+# {glue:text}`time_standard` in `standard` (training the two generators is most of it,
+# once: the models are cached). The banner of a run gives its own time.
 # ```
 #
 # The tool for the question is the **projection**
@@ -78,7 +78,7 @@ from IPython.display import Markdown, display
 
 from rmd_course.explorers import latent_grid, latent_walk, latent_walk_figure
 from rmd_lib.data import dataset_names, load_dataset
-from rmd_lib.evaluation import markdown_table, start_run, wilson_interval
+from rmd_lib.evaluation import expected_time, markdown_table, start_run, wilson_interval
 from rmd_lib.intervals import interval_text
 from rmd_lib.models import WGANCritic
 from rmd_lib.plotting import image_grid, set_style
@@ -115,6 +115,7 @@ run.record_data(data_other)
 
 # %% tags=["remove-input"]
 run.banner()
+glue("time_standard", expected_time("standard", run.chapter), display=False)
 
 # %% [markdown]
 # ## Two generators

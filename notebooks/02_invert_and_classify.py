@@ -45,8 +45,8 @@
 # **You need** {doc}`01_generative_models` (the generators and the projection error); the
 # cross-entropy loss, gradients with respect to the input, and the Adam optimiser.
 #
-# **Time:** about 40 minutes to read. Running it takes under a minute in `smoke` and at
-# most 18 minutes in `standard` on 2 CPU cores (the projections of the attack tables are
+# **Time:** about 40 minutes to read. Running it takes under a minute in `smoke` and
+# {glue:text}`time_standard` in `standard` (the projections of the attack tables are
 # most of it). The banner of a run gives its own time.
 #
 # **Practice:** assignment 2 (`assignments/source/a2_projection.py`) has you write the
@@ -95,7 +95,7 @@ from IPython.display import Markdown, display
 from rmd_course.explorers import attack_explorer, attack_explorer_figure, attack_sweep
 from rmd_lib.attacks import bim, fgsm
 from rmd_lib.data import dataset_names
-from rmd_lib.evaluation import (attack_table, confidence, markdown_table,
+from rmd_lib.evaluation import (attack_table, confidence, expected_time, markdown_table,
                                 paired_difference, start_run)
 from rmd_lib.experiment import prepare
 from rmd_lib.intervals import difference_text, error_bars, interval_text, with_intervals
@@ -132,6 +132,7 @@ gens = {name: s.G for name, s in setups.items()}
 
 # %% tags=["remove-input"]
 run.banner()
+glue("time_standard", expected_time("standard", run.chapter), display=False)
 
 # %% [markdown]
 # ## The projection, on the page

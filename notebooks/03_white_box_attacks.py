@@ -46,8 +46,8 @@
 # **You need** {doc}`02_invert_and_classify` (INC and the first-order attacks); the chain
 # rule through an iterative algorithm, and the Adam update.
 #
-# **Time:** about 40 minutes to read. Running it takes under a minute in `smoke` and at
-# most 18 minutes in `standard` on 2 CPU cores (CW and the unrolled gradients are most of
+# **Time:** about 40 minutes to read. Running it takes under a minute in `smoke` and
+# {glue:text}`time_standard` in `standard` (CW and the unrolled gradients are most of
 # it). The banner of a run gives its own time.
 #
 # **Practice:** assignment 1 (`assignments/source/a1_first_order.py`) has you write FGSM
@@ -88,7 +88,8 @@ from rmd_lib.attack_tables import cw_table, unrolled_table
 from rmd_lib.attacks import UnrolledINC, bim, cw_l2, fgsm, input_gradient, pgd
 from rmd_lib.attacks.first_order import ball_sample
 from rmd_lib.data import dataset_names
-from rmd_lib.evaluation import markdown_table, paired_difference, start_run
+from rmd_lib.evaluation import (expected_time, markdown_table, paired_difference,
+                                start_run)
 from rmd_lib.experiment import prepare
 from rmd_lib.intervals import difference_text, error_bars, interval_text, with_intervals
 from rmd_lib.plotting import image_grid, set_style
@@ -112,6 +113,7 @@ xy = {name: s.test_images(P.n_adaptive, dev) for name, s in setups.items()}
 
 # %% tags=["remove-input"]
 run.banner()
+glue("time_standard", expected_time("standard", run.chapter), display=False)
 
 # %% [markdown]
 # ## The first-order attacks, on the page

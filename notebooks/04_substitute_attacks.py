@@ -50,8 +50,8 @@
 # {doc}`03_white_box_attacks`; the Jacobian of a network's outputs with respect to its
 # input.
 #
-# **Time:** about 30 minutes to read. Running it takes under a minute in `smoke` and at
-# most 18 minutes in `standard` on 2 CPU cores (the oracle's projections are most of it).
+# **Time:** about 30 minutes to read. Running it takes under a minute in `smoke` and
+# {glue:text}`time_standard` in `standard` (the oracle's projections are most of it).
 # The banner of a run gives its own time.
 # ```
 
@@ -85,7 +85,7 @@ from rmd_lib.attack_tables import transfer_table
 from rmd_lib.attacks import (EncoderSubstitute, bim, fgsm, jacobian_augment,
                              train_encoder, train_substitute)
 from rmd_lib.data import dataset_names
-from rmd_lib.evaluation import (accuracy, attack_table, markdown_table,
+from rmd_lib.evaluation import (accuracy, attack_table, expected_time, markdown_table,
                                 paired_difference, predict, start_run)
 from rmd_lib.experiment import prepare
 from rmd_lib.intervals import difference_text, interval_text, with_intervals
@@ -119,6 +119,7 @@ glue("inc_budget", f"{P.proj_steps} steps from {P.proj_restarts} restarts",
 
 # %% tags=["remove-input"]
 run.banner()
+glue("time_standard", expected_time("standard", run.chapter), display=False)
 
 # %% [markdown]
 # ## The baseline: attacks crafted on the classifier itself

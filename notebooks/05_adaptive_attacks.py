@@ -30,9 +30,9 @@
 # runs) and {doc}`03_white_box_attacks`; the chain rule for Jacobians, the implicit
 # function theorem, and least squares ($(J^\top J)^{-1} J^\top$).
 #
-# **Time:** about 45 minutes to read. Running it takes about a minute in `smoke`, at most
-# 18 minutes in `standard` on 2 CPU cores (the book's budget per chapter); `colab` is
-# sized for 10 minutes on a Colab T4, not yet measured there. The banner of a run gives
+# **Time:** about 45 minutes to read. Running it takes about a minute in `smoke`,
+# {glue:text}`time_standard` in `standard`; `colab` is sized for 10 minutes on a Colab
+# T4, not yet measured there. The banner of a run gives
 # its own time.
 #
 # **Practice:** assignment {doc}`/assignments/a4_bpda` has you write the BPDA wrapper and
@@ -92,11 +92,12 @@ results_from = None   # a robust-accuracy file of `python -m rmd_lib.evaluate`: 
 # %%
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
+from myst_nb import glue
 
 from rmd_lib.attack_tables import robust_accuracy_table, worst_case_with
 from rmd_lib.attacks import BPDA, fgsm, latent_space_attack, pgd, square_attack
 from rmd_lib.data import dataset_names
-from rmd_lib.evaluation import markdown_table, start_run
+from rmd_lib.evaluation import expected_time, markdown_table, start_run
 from rmd_lib.experiment import prepare
 from rmd_lib.plotting import image_grid, set_style
 from rmd_lib.profiles import SQUARE_QUERY_S_H200, square_seconds_h200
@@ -111,6 +112,7 @@ EPS = {"linf": [0.1, 0.2, 0.3], "l2": [1.0, 2.0, 3.0]}
 
 # %% tags=["remove-input"]
 run.banner()
+glue("time_standard", expected_time("standard", run.chapter), display=False)
 
 # %% [markdown]
 # ## The methods, on the page
@@ -183,7 +185,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from myst_nb import glue
 
 from rmd_lib.attacks import input_gradient, project_ball
 from rmd_lib.evaluation import wilson_interval

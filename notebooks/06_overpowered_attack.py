@@ -29,9 +29,9 @@
 # {doc}`02_invert_and_classify` (the projection and INC); the KL divergence and entropy of
 # two discrete distributions; Lagrange multipliers for one inequality constraint.
 #
-# **Time:** about 40 minutes to read. Running it takes about a minute in `smoke`, at most
-# 18 minutes in `standard` on 2 CPU cores (the book's budget per chapter); `colab` is sized
-# for 10 minutes on a Colab T4, not yet measured there. The banner of a run gives its own
+# **Time:** about 40 minutes to read. Running it takes about a minute in `smoke`,
+# {glue:text}`time_standard` in `standard`; `colab` is sized for 10 minutes on a Colab
+# T4, not yet measured there. The banner of a run gives its own
 # time.
 #
 # **Practice:** assignment {doc}`/assignments/a3_minmax` has you write the divergence and
@@ -142,8 +142,8 @@ from myst_nb import glue
 from rmd_lib.attack_tables import pair_table
 from rmd_lib.attacks import divergence, minmax_pairs
 from rmd_lib.data import dataset_names
-from rmd_lib.evaluation import (markdown_table, paired_difference, start_run,
-                                wilson_interval)
+from rmd_lib.evaluation import (expected_time, markdown_table, paired_difference,
+                                start_run, wilson_interval)
 from rmd_lib.experiment import prepare
 from rmd_course.explorers import pair_explorer, pair_explorer_figure, pair_paths
 from rmd_lib.intervals import (difference_text, error_bars, interval_text,
@@ -168,6 +168,7 @@ glue("eps_list", ", ".join(f"{e:g}" for e in EPS), display=False)
 
 # %% tags=["remove-input"]
 run.banner()
+glue("time_standard", expected_time("standard", run.chapter), display=False)
 
 # %% [markdown]
 # ## The search in twenty lines

@@ -17,6 +17,26 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/rmd-course/robust-manifold-defense-book/blob/main/notebooks/07_manifold_training.ipynb)
 #
+# ```{admonition} In this chapter
+# :class: note
+# **You will learn** to write adversarial training on the generator's range as a min-max
+# objective, and how one training step approximates it by a mean over the valid pairs of
+# the latest pair search; to write that step's loss in a few lines, checked against the
+# library's training code; how it differs from PGD training in input space and from the
+# variant of the authors' code; and how to measure a softer decision boundary with paired
+# differences over the same pair searches and with the confidence along latent paths.
+#
+# **You need** {doc}`06_overpowered_attack` (the min-max pair search and the symmetric
+# KL), {doc}`02_invert_and_classify` (INC), {doc}`03_white_box_attacks` (PGD in $L_2$)
+# and {doc}`05_adaptive_attacks` (BPDA and EOT, in the robustness table); the maths:
+# cross-entropy, the KL divergence, min-max objectives, and paired differences with
+# their intervals.
+#
+# **Time:** about 40 minutes to read. Running it takes about a minute in `smoke` and
+# {glue:text}`time_standard` in `standard`; `colab` is sized for 10 minutes on a Colab
+# T4, not yet measured there. The banner of a run gives its own time.
+# ```
+#
 # The previous chapter found, inside the generator's range, pairs of nearby images that the
 # classifier labels differently; no projection can defend against them. The paper's fix
 # {cite:p}`ilyas2017robust` is to train the classifier on those pairs, as a min-max game:
@@ -94,19 +114,29 @@ cache_dir = None      # None: <data_dir>/cache; trained models are reused from h
 generator = "vae"     # the generator of the pairs and of INC: "vae" or "gan"
 
 # %%
+import copy
+
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
+from torch.nn import functional as F
 
 from rmd_lib.attack_tables import robust_accuracy_table
 from rmd_lib.attacks import BPDA, fgsm, pgd
 from rmd_lib.data import dataset_names
-from rmd_lib.evaluation import accuracy, markdown_table, start_run
+from rmd_lib.evaluation import accuracy, expected_time, markdown_table, start_run
 from rmd_lib.experiment import prepare
-from rmd_lib.manifold_training import (compare_pairs, confidence_path, path_endpoints,
-                                       path_statistics, robust_classifier,
-                                       start_class_probability)
+from rmd_lib.manifold_training import (compare_pairs, confidence_path, pair_loss,
+                                       path_endpoints, path_statistics,
+                                       robust_classifier, start_class_probability)
 from rmd_lib.plotting import image_grid, set_style
+from rmd_lib.projection import latent_dim
+
+try:
+    from myst_nb import glue  # the book pastes these values into the text
+except ImportError:  # on Colab the book's extras are not installed
+    def glue(name, value, display=True):
+        pass
 
 set_style()
 run = start_run("manifold_training", profile, seed, device, results_dir)
@@ -118,8 +148,105 @@ CLASSIFIERS = ("standard", "manifold", "PGD")
 
 # %% tags=["remove-input"]
 run.banner()
+glue("time_standard", expected_time("standard", run.chapter), display=False)
+
 
 # %% [markdown]
+# ## One step's loss, written out
+#
+# The second equation above is what a training step minimises. With $N$ training images
+# $(x_n, y_n)$ in the batch, $M$ pairs $(G(z_{1,i}), G(z_{2,i}))$ from the latest search,
+# $v_i = 1$ when pair $i$ is valid and $0$ otherwise, and $D$ the symmetric KL of
+# {doc}`06_overpowered_attack`, it reads
+#
+# $$
+# \mathcal{L}(\theta) = \frac{1}{N} \sum_{n=1}^{N}
+# \ell_{\mathrm{CE}}\big(C_\theta(x_n), y_n\big)
+# \;+\; w \cdot \frac{\sum_{i=1}^{M} v_i\, D\big(C_\theta(G(z_{1,i})),\,
+# C_\theta(G(z_{2,i}))\big)}{\max\big(1, \sum_{i=1}^{M} v_i\big)} .
+# $$
+#
+# Each pair's divergence is multiplied by its $v_i$ *before* the sum, so an invalid pair
+# adds exactly zero, to the loss and to its gradient; the denominator is $|V|$, and a
+# step with no valid pair has no pair term. The authors' variant sets $v_i = 1$ only for
+# a valid pair whose two images the classifier labels differently, and its data term is
+# the cross-entropy on PGD examples instead of clean images. The function below is that
+# formula line by line; the library's `pair_loss` computes the pair term for both
+# training loops, batched and with checks on its arguments.
+
+# %%
+def manifold_loss(net, x, y, x1, x2, valid, w, only_different=False):
+    """One step's loss of manifold training (the formula above): the cross-entropy of
+    net on the batch x (N, C, H, W) in [0, 1] with labels y (N,), plus w times the
+    mean symmetric KL of net's outputs over the kept pairs (x1[i], x2[i]), each
+    (M, C, H, W) in [0, 1]. valid (M,) bool marks the pairs within the budget;
+    only_different also drops pairs that net labels alike (the authors' V_ne)."""
+    data_term = F.cross_entropy(net(x), y)
+    log_p1, log_p2 = net(x1).log_softmax(1), net(x2).log_softmax(1)
+    # D_sym(p1, p2) = sum_k (p1(k) - p2(k)) (log p1(k) - log p2(k)), one per pair
+    d = ((log_p1.exp() - log_p2.exp()) * (log_p1 - log_p2)).sum(1)
+    keep = valid
+    if only_different:  # labels from this same forward pass
+        keep = keep & (log_p1.argmax(1) != log_p2.argmax(1))
+    # mask each pair before the sum, then divide by the number kept, |V|
+    kept_sum = torch.where(keep, d, torch.zeros_like(d)).sum()
+    return data_term + w * kept_sum / keep.sum().clamp(min=1)
+
+
+# %% [markdown]
+# The check builds a small batch in double precision: a few training images, and pairs
+# whose first latent is drawn from the prior and whose second lies a growing distance
+# away, so that some pairs are labelled alike and some not. The validity mask is set by
+# hand, so that both kinds of pair occur among the valid and the invalid ones. It then
+# compares the loss and its gradient with respect to every weight of the classifier,
+# for the book's manifold model and for the authors' variant, with what the library's
+# training loops add up: `F.cross_entropy` plus the weight times `pair_loss`. The two
+# compute the same operations, so they should agree up to rounding; the tolerance,
+# $10^{-10}$, is far above double precision's rounding and far below any difference
+# that a misplaced mask would make.
+
+# %%
+s0 = setups[names[0]]
+C64 = copy.deepcopy(s0.classifier).double().eval()
+G64 = copy.deepcopy(s0.G).double().eval()
+gen = torch.Generator().manual_seed(seed)
+valid = torch.tensor([True, True, False, True, False, True, True, False], device=dev)
+n_ref = len(valid)
+x_ref = s0.data.x_train[:n_ref].to(dev, torch.float64)
+y_ref = s0.data.y_train[:n_ref].to(dev)
+z1 = torch.randn(n_ref, latent_dim(G64), generator=gen, dtype=torch.float64)
+spread = torch.linspace(0.1, 2.0, n_ref, dtype=torch.float64).view(-1, 1)
+z2 = z1 + spread * torch.randn(z1.shape, generator=gen, dtype=torch.float64)
+with torch.no_grad():
+    x1, x2 = G64(z1.to(dev)), G64(z2.to(dev))
+    labelled_apart = C64(x1).argmax(1) != C64(x2).argmax(1)
+
+
+def loss_and_gradient(loss):
+    grads = torch.autograd.grad(loss, list(C64.parameters()))
+    return torch.cat([loss.detach().view(1)] + [g_.flatten() for g_ in grads])
+
+
+ref_gaps = {}
+for variant, w, only in (("manifold", P.at_weight, False),
+                         ("authors", P.at_authors_weight, True)):
+    ref = loss_and_gradient(manifold_loss(C64, x_ref, y_ref, x1, x2, valid, w, only))
+    lib = loss_and_gradient(F.cross_entropy(C64(x_ref), y_ref)
+                            + w * pair_loss(C64, x1, x2, valid, only_different=only))
+    ref_gaps[variant] = (ref - lib).abs().max().item()
+    print(f"{variant}: w = {w:g}, largest difference in the loss and its gradient, "
+          f"reference vs library {ref_gaps[variant]:.1e}")
+print(f"{n_ref} pairs: {int(valid.sum())} valid, "
+      f"{int((valid & labelled_apart).sum())} valid and labelled differently")
+assert max(ref_gaps.values()) < 1e-10, f"reference and library differ: {ref_gaps}"
+glue("n_ref", n_ref, display=False)
+glue("ref_gap", f"{max(ref_gaps.values()):.1e}", display=False)
+
+# %% [markdown]
+# On {glue:text}`n_ref` pairs the largest difference between the reference and the
+# library, over the loss and every component of its gradient in both variants, is
+# {glue:text}`ref_gap`.
+#
 # ## Training
 #
 # Both fine-tunings run `P.at_steps` Adam steps on batches of the training images, from the
@@ -213,8 +340,6 @@ plt.show()
 # PGD steps together.
 
 # %%
-from myst_nb import glue
-
 glue("authors_weight", f"{P.at_authors_weight:g}", display=False)
 glue("authors_steps", P.at_authors_steps or P.at_steps, display=False)
 glue("authors_steps_note",
@@ -382,6 +507,51 @@ for name, s in setups.items():
     plt.show()
 
 # %% [markdown]
+# ## Reading the table
+#
+# The changes each fine-tuning made, in accuracy points (or in the pairs' divergence), from
+# the standard classifier's row of the same dataset in the first table above:
+
+# %%
+deltas = []
+for name in names:
+    by = {r["classifier"]: r for r in tables[name]}
+    for label in CLASSIFIERS[1:]:
+        r, b = by[label], by["standard"]
+        deltas.append({"dataset": name, "fine-tuning": label,
+                       "clean": 100 * (r["clean"] - b["clean"]),
+                       "pairs: different among valid":
+                           100 * (r["pairs: different among valid"]
+                                  - b["pairs: different among valid"]),
+                       "pairs: mean divergence":
+                           r["pairs: mean divergence"] - b["pairs: mean divergence"],
+                       "white-box PGD": 100 * (r["white-box PGD"] - b["white-box PGD"]),
+                       "INC worst case":
+                           100 * (r["INC worst case"] - b["INC worst case"])})
+display(Markdown(markdown_table(deltas, digits=1)))
+
+# %% [markdown]
+# What to look for:
+#
+# - **On the range**, manifold training is built to lower the pairs' divergence and the
+#   path's slope; the paired differences under the first table, and the claims below,
+#   say whether it did. Look also at the *uncertain* column: a classifier taught to agree
+#   with itself across every valid pair can buy that by being less confident on the whole
+#   range, including the projections of test images, and not only near its boundaries.
+#   Its clean accuracy, on real images, says whether that cost anything.
+# - **Off the range**, the white-box PGD column measures the classifier alone against
+#   perturbations that leave the range. That is what PGD training is built for, and
+#   manifold training is not.
+# - **Under INC**, the classifier only ever sees projections, which lie on the range, so a
+#   classifier that is robust there should help the defense. The INC columns measure how
+#   much, against attacks that do reach the projections.
+# - **A softer boundary is not a wider margin.** The pairs still exist: a classifier with
+#   ten classes on a connected range must change its label somewhere, and two images on
+#   either side of that place are a valid, differently classified pair. What training can
+#   change is how confidently the two are told apart, which is what the divergence
+#   measures.
+
+# %% [markdown]
 # ## The authors' variant against its PGD baseline
 #
 # The tables above compare each classifier with the standard one. The authors' variant
@@ -454,6 +624,28 @@ with run.timer("evaluation"):
                              f"n = {d['n']}")
 
 # %% [markdown]
+# ## Takeaways
+#
+# - Manifold training adds to the clean cross-entropy $w$ times the mean divergence over
+#   the valid min-max pairs, searched against the classifier as it is being trained and
+#   renewed every few steps. Each pair is masked before the sum and the sum divided by
+#   the number of valid pairs, so a pair outside the budget adds nothing to the gradient.
+# - It is built to change the classifier *on the range*: how confidently it tells the two
+#   images of a nearby pair apart. In this run, against the standard classifier, it moved
+#   the mean pair score (the divergence a search reaches, zero where it ends outside the
+#   budget) by {glue:text}`score_change`, and the clean accuracy by
+#   {glue:text}`clean_change` (manifold minus standard: mean and paired 95% interval).
+# - PGD training is built for the reverse, perturbations that leave the range; the
+#   white-box column measures that, and the INC columns what a classifier robust on the
+#   range gives the defense.
+# - A softer boundary is not a wider margin: valid, differently labelled pairs still
+#   exist wherever the label changes on the range, and a classifier can lower their
+#   divergence by being less confident everywhere near it.
+# - The authors' variant resumes PGD training with a small pair term on valid,
+#   differently labelled pairs; against its PGD baseline it has also had more PGD steps,
+#   so the difference measures the two together.
+
+# %% [markdown]
 # ## What this chapter measured
 #
 # In `standard` and `paper` the notebook checks what the paper predicts: against the
@@ -464,9 +656,16 @@ with run.timer("evaluation"):
 # measured value is in the results file, whether or not it holds.
 
 # %%
-headline = {}
+headline, score_change, clean_change = {}, [], []
 for name in names:
     by = {r["classifier"]: r for r in tables[name]}
+    xt, yt = setups[name].data.x_test.to(dev), setups[name].data.y_test.to(dev)
+    right = {label: correct(models[name][label], xt, yt).float().cpu()
+             for label in ("standard", "manifold")}
+    clean_diff = paired_difference(right["standard"], right["manifold"])
+    clean_change.append(f"{difference_text(clean_diff, 3)} for {name}")
+    score_diff = paired[name]["manifold"]["score"]
+    score_change.append(f"{difference_text(score_diff, 3)} for {name}")
     for label, r in by.items():
         key = f"{name}_{label.lower()}"
         for column, short in (("clean", "clean"),
@@ -498,61 +697,20 @@ for name in names:
                   why="the paper: no loss of accuracy; 2 points allowed, about twice "
                       "the standard error of an accuracy near 0.9 over "
                       f"{P.n_test} images")
+glue("score_change", " and ".join(score_change), display=False)
+glue("clean_change", " and ".join(clean_change), display=False)
 run.write(headline, comparison=tables, robust_accuracy=robust, paired_pairs=paired)
 run.report_claims()
 
 # %% [markdown]
-# ## Reading the table
-#
-# The changes each fine-tuning made, in accuracy points (or in the pairs' divergence), from
-# the standard classifier's row of the same dataset:
-
-# %%
-deltas = []
-for name in names:
-    by = {r["classifier"]: r for r in tables[name]}
-    for label in CLASSIFIERS[1:]:
-        r, b = by[label], by["standard"]
-        deltas.append({"dataset": name, "fine-tuning": label,
-                       "clean": 100 * (r["clean"] - b["clean"]),
-                       "pairs: different among valid":
-                           100 * (r["pairs: different among valid"]
-                                  - b["pairs: different among valid"]),
-                       "pairs: mean divergence":
-                           r["pairs: mean divergence"] - b["pairs: mean divergence"],
-                       "white-box PGD": 100 * (r["white-box PGD"] - b["white-box PGD"]),
-                       "INC worst case":
-                           100 * (r["INC worst case"] - b["INC worst case"])})
-display(Markdown(markdown_table(deltas, digits=1)))
-
-# %% [markdown]
-# What to look for:
-#
-# - **On the range**, manifold training is built to lower the pairs' divergence and the
-#   path's slope, and the checks above say whether it did. Look also at the *uncertain*
-#   column: a classifier taught to agree with itself across every valid pair can buy that by
-#   being less confident on the whole range, including the projections of test images, and
-#   not only near its boundaries. Its clean accuracy, on real images, says whether that
-#   cost anything.
-# - **Off the range**, the white-box PGD column measures the classifier alone against
-#   perturbations that leave the range. That is what PGD training is built for, and
-#   manifold training is not.
-# - **Under INC**, the classifier only ever sees projections, which lie on the range, so a
-#   classifier that is robust there should help the defense. The INC columns measure how
-#   much, against attacks that do reach the projections.
-# - **A softer boundary is not a wider margin.** The pairs still exist: a classifier with
-#   ten classes on a connected range must change its label somewhere, and two images on
-#   either side of that place are a valid, differently classified pair. What training can
-#   change is how confidently the two are told apart, which is what the divergence
-#   measures.
-#
 # ## Exercises
 #
 # ```{exercise}
 # :label: ex-mat-weight
-# Fine-tune with `at_weight` 0.1, 1 and 10 (use `P.with_(at_weight=...)` and
-# `robust_classifier`). Plot clean accuracy and the pairs' mean divergence against the
-# weight. Where does the trade-off bite?
+# *Medium, about 40 minutes, most of it the three fine-tunings in `standard`.* Fine-tune
+# with `at_weight` 0.1, 1 and 10 (use `P.with_(at_weight=...)` and `robust_classifier`;
+# the starter below has the calls). Plot clean accuracy and the pairs' mean divergence
+# against the weight. Where does the trade-off bite?
 # ```
 #
 # ```{solution} ex-mat-weight
@@ -563,13 +721,28 @@ display(Markdown(markdown_table(deltas, digits=1)))
 # weight at which the clean accuracy starts to fall is the one to report, together with
 # the divergence it buys.
 # ```
-#
+
+# %%
+# Starter for the exercise above. Each weight's classifier is cached like the others.
+# s = setups[names[0]]
+# xt, yt = s.data.x_test.to(dev), s.data.y_test.to(dev)
+# sweep = {}
+# for w in (0.1, 1.0, 10.0):
+#     net = robust_classifier("manifold", s.classifier, s.data, P.with_(at_weight=w),
+#                             G=s.G, seed=seed, cache_dir=cache_dir)
+#     rows, _ = compare_pairs(s.G, {"manifold": net}, P.at_eps, P.minmax_n,
+#                             steps=P.minmax_steps, seed=seed)
+#     sweep[w] = accuracy(net, xt, yt), rows[0]["mean divergence (valid)"]
+# print(sweep)  # then plot both against w, with a log scale for w
+
+# %% [markdown]
 # ```{exercise}
 # :label: ex-mat-mask
-# Write the authors' version of the pair loss, which sums the divergences over all pairs
-# and multiplies by the fraction of valid ones, and compare its gradient with
-# `pair_loss`'s on a batch where half the pairs are invalid. What does the bug train the
-# classifier to do?
+# *Easy, about 10 minutes.* Write the authors' version of the pair loss, which sums the
+# divergences over all pairs and multiplies by the fraction of valid ones, and compare
+# its gradient with `pair_loss`'s on a batch where half the pairs are invalid (the
+# starter below reuses the double-precision pairs of the reference check and leaves you
+# one line to write). What does the bug train the classifier to do?
 # ```
 #
 # ```{solution} ex-mat-mask
@@ -578,5 +751,22 @@ display(Markdown(markdown_table(deltas, digits=1)))
 # pushed to make images that are *farther apart than the budget* look alike, which is
 # ordinary over-smoothing and costs accuracy. `pair_loss` masks each pair before the sum,
 # so an invalid pair contributes exactly zero; the test suite checks that its gradient on
-# invalid pairs is zero.
+# invalid pairs is zero. In the starter's batch the gradient norms on the invalid pairs
+# are therefore zero under `pair_loss` and positive under the sum-first version, scaled
+# by the share of valid pairs but not removed by it.
 # ```
+
+# %%
+# Starter for the exercise above: the reference check's pairs, every other one invalid.
+# from rmd_lib.attacks import divergence
+# half = torch.arange(n_ref, device=dev) % 2 == 0
+# x1_grad = x1.clone().requires_grad_()
+#
+# def authors_pair_loss(net, x1, x2, valid):
+#     d = divergence(net(x1), net(x2))  # the symmetric KL, one value per pair
+#     return ...  # your line: the sum over all pairs, times the share of valid ones
+#
+# for loss_fn in (pair_loss, authors_pair_loss):
+#     grad, = torch.autograd.grad(loss_fn(C64, x1_grad, x2, half), x1_grad)
+#     print(loss_fn.__name__, "gradient norm on the invalid pairs:",
+#           grad[~half].flatten(1).norm(dim=1))

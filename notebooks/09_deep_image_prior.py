@@ -39,9 +39,9 @@
 # $L_\infty$ ball.
 #
 # **Time.** Reading: about 30 minutes. Running: `smoke` is sized for at most 90 seconds on
-# 2 CPU cores, `standard` for at most 18 minutes (the DIP fits are most of it), `colab`
-# for about 10 minutes on a T4 (an estimate, not yet measured), `paper` for hours on one
-# large GPU.
+# 2 CPU cores; `standard` takes {glue:text}`time_standard` (the DIP fits are most of it);
+# `colab` is sized for about 10 minutes on a T4 (an estimate, not yet measured); `paper`
+# takes hours on one large GPU.
 # ```
 #
 # ## The method
@@ -111,8 +111,8 @@ from IPython.display import Markdown, display
 from rmd_lib.attack_tables import correct
 from rmd_lib.attacks import bim, pgd
 from rmd_lib.dip import DIPBPDA, DIPDefense, deep_image_prior
-from rmd_lib.evaluation import (accuracy, markdown_table, paired_difference, start_run,
-                                wilson_interval)
+from rmd_lib.evaluation import (accuracy, expected_time, markdown_table,
+                                paired_difference, start_run, wilson_interval)
 from rmd_lib.imagenet import (imagenet_class_names, imagenet_classifier,
                               load_imagenet_images)
 from rmd_lib.models.dip import DIPNet
@@ -165,6 +165,7 @@ glue("paper_stop", PROFILES["paper"].dip_stop, display=False)
 
 # %% tags=["remove-input"]
 run.banner(imagenet=photos)
+glue("time_standard", expected_time("standard", run.chapter), display=False)
 
 # %% [markdown]
 # The classifier takes pixels in $[0, 1]$ and normalises them itself, so every attack below
