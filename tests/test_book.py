@@ -193,3 +193,25 @@ def test_code_fits_the_column(ipynb: Path):
             if cell.cell_type == "code"
             for j, line in enumerate(cell.source.splitlines(), 1) if len(line) > CODE_COLUMNS]
     assert not long, f"{ipynb.name}: code lines longer than {CODE_COLUMNS}: {long}"
+
+
+def test_chapter_opens_with_objectives_and_closes_with_takeaways(ipynb: Path):
+    """A chapter opens with a box of objectives, prerequisites and times, its `standard`
+    run time glued from the library (a measurement or the budget, never typed), and has
+    takeaways before the claims box, so that a failed claim never hides them."""
+    cells = nbformat.read(ipynb, as_version=4).cells
+    first_code = next(i for i, c in enumerate(cells) if c.cell_type == "code")
+    opening = "\n".join(c.source for c in cells[:first_code] if c.cell_type == "markdown")
+    for part in ("{admonition}", "**You will learn**", "**You need**", "**Time",
+                 "{glue:text}`time_standard`"):
+        assert part in opening, f"{ipynb.name}: the opening box lacks {part}"
+    code = "\n".join(c.source for c in cells if c.cell_type == "code")
+    assert 'glue("time_standard", expected_time("standard", run.chapter)' in code, (
+        f"{ipynb.name}: time_standard is not glued from expected_time")
+    takeaways = [i for i, c in enumerate(cells)
+                 if c.cell_type == "markdown" and "## Takeaways" in c.source]
+    claims = [i for i, c in enumerate(cells)
+              if c.cell_type == "code" and "run.report_claims()" in c.source]
+    assert len(takeaways) == 1 and len(claims) == 1, (
+        f"{ipynb.name}: wants one Takeaways section and one claims box")
+    assert takeaways[0] < claims[0], f"{ipynb.name}: the takeaways come after the claims box"
