@@ -152,7 +152,10 @@ def quiet_openmp(env) -> None:
     torch's CPU kernels use OpenMP, whose threads by default spin for a while at each
     barrier. Beside another busy process on the same cores (a second notebook, a test run)
     the spinning threads take the cores from the threads doing the work, and a chapter
-    slows several times over. A passive wait policy costs little alone. The thread count
+    slows several times over: chapter 1 at `standard` beside one other torch process took
+    2,623 s before this policy and 1,034 s with it, against 658 and 673 s alone. Kernels
+    of small batches (a VAE epoch) run up to about twice as slow alone with it; DESIGN.md
+    gives the measurements. The thread count
     is left as it is: the numbers a reduction gives may depend on it, and a chapter's
     numbers must not depend on the load of the machine. A value already set wins.
     """
