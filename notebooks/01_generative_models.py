@@ -37,7 +37,9 @@
 #
 # **Time:** about 30 minutes to read. Running it takes under a minute in `smoke` and
 # {glue:text}`time_standard` in `standard` (training the two generators is most of it,
-# once: the models are cached). The banner of a run gives its own time.
+# once: the models are cached). `colab` is sized for 10 minutes on a Colab T4 and
+# `paper` takes hours on one 80 GB GPU (both estimates, not yet measured). The banner of
+# a run gives its own time.
 # ```
 #
 # The tool for the question is the **projection**

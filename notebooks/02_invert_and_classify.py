@@ -47,7 +47,9 @@
 #
 # **Time:** about 40 minutes to read. Running it takes under a minute in `smoke` and
 # {glue:text}`time_standard` in `standard` (the projections of the attack tables are
-# most of it). The banner of a run gives its own time.
+# most of it). `colab` is sized for 10 minutes on a Colab T4 and `paper` takes hours on
+# one 80 GB GPU (both estimates, not yet measured). The banner of a run gives its own
+# time.
 #
 # **Practice:** assignment 2 (`assignments/source/a2_projection.py`) has you write the
 # projection with restarts, graded by tests.

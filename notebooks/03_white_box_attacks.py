@@ -48,7 +48,8 @@
 #
 # **Time:** about 40 minutes to read. Running it takes under a minute in `smoke` and
 # {glue:text}`time_standard` in `standard` (CW and the unrolled gradients are most of
-# it). The banner of a run gives its own time.
+# it). `colab` is sized for 10 minutes on a Colab T4 and `paper` takes hours on one 80
+# GB GPU (both estimates, not yet measured). The banner of a run gives its own time.
 #
 # **Practice:** assignment 1 (`assignments/source/a1_first_order.py`) has you write FGSM
 # and PGD in both norms, graded by tests.

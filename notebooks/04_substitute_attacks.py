@@ -52,7 +52,8 @@
 #
 # **Time:** about 30 minutes to read. Running it takes under a minute in `smoke` and
 # {glue:text}`time_standard` in `standard` (the oracle's projections are most of it).
-# The banner of a run gives its own time.
+# `colab` is sized for 10 minutes on a Colab T4 and `paper` takes hours on one 80 GB GPU
+# (both estimates, not yet measured). The banner of a run gives its own time.
 # ```
 
 # %% tags=["remove-cell"]

@@ -31,8 +31,8 @@
 #
 # **Time:** about 40 minutes to read. Running it takes about a minute in `smoke`,
 # {glue:text}`time_standard` in `standard`; `colab` is sized for 10 minutes on a Colab
-# T4, not yet measured there. The banner of a run gives its own
-# time.
+# T4, not yet measured there; `paper` takes hours on one 80 GB GPU (an estimate). The
+# banner of a run gives its own time.
 #
 # **Practice:** assignment {doc}`/assignments/a3_minmax` has you write the divergence and
 # this search yourself, graded by tests.

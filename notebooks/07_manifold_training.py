@@ -34,7 +34,8 @@
 #
 # **Time:** about 40 minutes to read. Running it takes about a minute in `smoke` and
 # {glue:text}`time_standard` in `standard`; `colab` is sized for 10 minutes on a Colab
-# T4, not yet measured there. The banner of a run gives its own time.
+# T4, not yet measured there; `paper` takes hours on one 80 GB GPU (an estimate). The
+# banner of a run gives its own time.
 # ```
 #
 # The previous chapter found, inside the generator's range, pairs of nearby images that the

@@ -34,8 +34,9 @@
 # clipped to an interval), and paired 95% intervals.
 #
 # **Time:** about 40 minutes to read. Running it takes about a minute in `smoke` and
-# {glue:text}`time_standard` in `standard`; `colab` is sized for 10 minutes on a Colab T4,
-# not yet measured there. The banner of a run gives its own time.
+# {glue:text}`time_standard` in `standard`; `colab` is sized for 10 minutes on a Colab
+# T4, not yet measured there; `paper` takes hours on one 80 GB GPU (an estimate). The
+# banner of a run gives its own time.
 # ```
 #
 # The paper's headline experiments {cite:p}`ilyas2017robust` are not on digits but on faces:

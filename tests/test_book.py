@@ -203,7 +203,7 @@ def test_chapter_opens_with_objectives_and_closes_with_takeaways(ipynb: Path):
     first_code = next(i for i, c in enumerate(cells) if c.cell_type == "code")
     opening = "\n".join(c.source for c in cells[:first_code] if c.cell_type == "markdown")
     for part in ("{admonition}", "**You will learn**", "**You need**", "**Time",
-                 "{glue:text}`time_standard`"):
+                 "{glue:text}`time_standard`", "`colab`", "`paper`"):
         assert part in opening, f"{ipynb.name}: the opening box lacks {part}"
     code = "\n".join(c.source for c in cells if c.cell_type == "code")
     assert 'glue("time_standard", expected_time("standard", run.chapter)' in code, (
