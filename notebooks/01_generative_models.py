@@ -80,7 +80,7 @@ from IPython.display import Markdown, display
 
 from rmd_course.explorers import latent_grid, latent_walk, latent_walk_figure
 from rmd_lib.data import dataset_names, load_dataset
-from rmd_lib.evaluation import expected_time, markdown_table, start_run, wilson_interval
+from rmd_lib.evaluation import markdown_table, start_run, wilson_interval
 from rmd_lib.intervals import interval_text
 from rmd_lib.models import WGANCritic
 from rmd_lib.plotting import image_grid, set_style
@@ -117,7 +117,6 @@ run.record_data(data_other)
 
 # %% tags=["remove-input"]
 run.banner()
-glue("time_standard", expected_time("standard", run.chapter), display=False)
 
 # %% [markdown]
 # ## Two generators

@@ -97,7 +97,7 @@ from IPython.display import Markdown, display
 from rmd_course.explorers import attack_explorer, attack_explorer_figure, attack_sweep
 from rmd_lib.attacks import bim, fgsm
 from rmd_lib.data import dataset_names
-from rmd_lib.evaluation import (attack_table, confidence, expected_time, markdown_table,
+from rmd_lib.evaluation import (attack_table, confidence, markdown_table,
                                 paired_difference, start_run)
 from rmd_lib.experiment import prepare
 from rmd_lib.intervals import difference_text, error_bars, interval_text, with_intervals
@@ -134,7 +134,6 @@ gens = {name: s.G for name, s in setups.items()}
 
 # %% tags=["remove-input"]
 run.banner()
-glue("time_standard", expected_time("standard", run.chapter), display=False)
 
 # %% [markdown]
 # ## The projection, on the page

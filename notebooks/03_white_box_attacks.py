@@ -89,8 +89,7 @@ from rmd_lib.attack_tables import cw_table, unrolled_table
 from rmd_lib.attacks import UnrolledINC, bim, cw_l2, fgsm, input_gradient, pgd
 from rmd_lib.attacks.first_order import ball_sample
 from rmd_lib.data import dataset_names
-from rmd_lib.evaluation import (expected_time, markdown_table, paired_difference,
-                                start_run)
+from rmd_lib.evaluation import markdown_table, paired_difference, start_run
 from rmd_lib.experiment import prepare
 from rmd_lib.intervals import difference_text, error_bars, interval_text, with_intervals
 from rmd_lib.plotting import image_grid, set_style
@@ -114,7 +113,6 @@ xy = {name: s.test_images(P.n_adaptive, dev) for name, s in setups.items()}
 
 # %% tags=["remove-input"]
 run.banner()
-glue("time_standard", expected_time("standard", run.chapter), display=False)
 
 # %% [markdown]
 # ## The first-order attacks, on the page

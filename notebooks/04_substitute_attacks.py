@@ -86,7 +86,7 @@ from rmd_lib.attack_tables import transfer_table
 from rmd_lib.attacks import (EncoderSubstitute, bim, fgsm, jacobian_augment,
                              train_encoder, train_substitute)
 from rmd_lib.data import dataset_names
-from rmd_lib.evaluation import (accuracy, attack_table, expected_time, markdown_table,
+from rmd_lib.evaluation import (accuracy, attack_table, markdown_table,
                                 paired_difference, predict, start_run)
 from rmd_lib.experiment import prepare
 from rmd_lib.intervals import difference_text, interval_text, with_intervals
@@ -120,7 +120,6 @@ glue("inc_budget", f"{P.proj_steps} steps from {P.proj_restarts} restarts",
 
 # %% tags=["remove-input"]
 run.banner()
-glue("time_standard", expected_time("standard", run.chapter), display=False)
 
 # %% [markdown]
 # ## The baseline: attacks crafted on the classifier itself

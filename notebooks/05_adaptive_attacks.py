@@ -92,12 +92,11 @@ results_from = None   # a robust-accuracy file of `python -m rmd_lib.evaluate`: 
 # %%
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
-from myst_nb import glue
 
 from rmd_lib.attack_tables import robust_accuracy_table, worst_case_with
 from rmd_lib.attacks import BPDA, fgsm, latent_space_attack, pgd, square_attack
 from rmd_lib.data import dataset_names
-from rmd_lib.evaluation import expected_time, markdown_table, start_run
+from rmd_lib.evaluation import markdown_table, start_run
 from rmd_lib.experiment import prepare
 from rmd_lib.plotting import image_grid, set_style
 from rmd_lib.profiles import SQUARE_QUERY_S_H200, square_seconds_h200
@@ -112,7 +111,6 @@ EPS = {"linf": [0.1, 0.2, 0.3], "l2": [1.0, 2.0, 3.0]}
 
 # %% tags=["remove-input"]
 run.banner()
-glue("time_standard", expected_time("standard", run.chapter), display=False)
 
 # %% [markdown]
 # ## The methods, on the page
@@ -185,6 +183,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from myst_nb import glue
 
 from rmd_lib.attacks import input_gradient, project_ball
 from rmd_lib.evaluation import wilson_interval

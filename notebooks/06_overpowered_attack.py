@@ -142,8 +142,8 @@ from myst_nb import glue
 from rmd_lib.attack_tables import pair_table
 from rmd_lib.attacks import divergence, minmax_pairs
 from rmd_lib.data import dataset_names
-from rmd_lib.evaluation import (expected_time, markdown_table, paired_difference,
-                                start_run, wilson_interval)
+from rmd_lib.evaluation import (markdown_table, paired_difference, start_run,
+                                wilson_interval)
 from rmd_lib.experiment import prepare
 from rmd_course.explorers import pair_explorer, pair_explorer_figure, pair_paths
 from rmd_lib.intervals import (difference_text, error_bars, interval_text,
@@ -168,7 +168,6 @@ glue("eps_list", ", ".join(f"{e:g}" for e in EPS), display=False)
 
 # %% tags=["remove-input"]
 run.banner()
-glue("time_standard", expected_time("standard", run.chapter), display=False)
 
 # %% [markdown]
 # ## The search in twenty lines

@@ -125,7 +125,7 @@ from torch.nn import functional as F
 from rmd_lib.attack_tables import robust_accuracy_table
 from rmd_lib.attacks import BPDA, fgsm, pgd
 from rmd_lib.data import dataset_names
-from rmd_lib.evaluation import accuracy, expected_time, markdown_table, start_run
+from rmd_lib.evaluation import accuracy, markdown_table, start_run
 from rmd_lib.experiment import prepare
 from rmd_lib.manifold_training import (compare_pairs, confidence_path, pair_loss,
                                        path_endpoints, path_statistics,
@@ -149,7 +149,6 @@ CLASSIFIERS = ("standard", "manifold", "PGD")
 
 # %% tags=["remove-input"]
 run.banner()
-glue("time_standard", expected_time("standard", run.chapter), display=False)
 
 
 # %% [markdown]

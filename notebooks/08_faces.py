@@ -102,8 +102,8 @@ from IPython.display import Markdown, display
 from rmd_lib.attack_tables import correct, cw_table, transfer_table
 from rmd_lib.attacks import cw_l2, fgsm, minmax_pairs, train_substitute
 from rmd_lib.data import load_face_standin, load_faces
-from rmd_lib.evaluation import (accuracy, attack_table, confidence, expected_time,
-                                markdown_table, paired_difference, start_run)
+from rmd_lib.evaluation import (accuracy, attack_table, confidence, markdown_table,
+                                paired_difference, start_run)
 from rmd_lib.intervals import difference_text, interval_text
 from rmd_lib.manifold_training import compare_pairs, early_stop_mix, robust_classifier
 from rmd_lib.models import BEGANDiscriminator, BEGANGenerator
@@ -145,7 +145,6 @@ display(Markdown(
 
 # %% tags=["remove-input"]
 run.banner()
-glue("time_standard", expected_time("standard", run.chapter), display=False)
 
 # %% [markdown]
 # ## The generator and the classifier

@@ -111,8 +111,8 @@ from IPython.display import Markdown, display
 from rmd_lib.attack_tables import correct
 from rmd_lib.attacks import bim, pgd
 from rmd_lib.dip import DIPBPDA, DIPDefense, deep_image_prior
-from rmd_lib.evaluation import (accuracy, expected_time, markdown_table,
-                                paired_difference, start_run, wilson_interval)
+from rmd_lib.evaluation import (accuracy, markdown_table, paired_difference, start_run,
+                                wilson_interval)
 from rmd_lib.imagenet import (imagenet_class_names, imagenet_classifier,
                               load_imagenet_images)
 from rmd_lib.models.dip import DIPNet
@@ -165,7 +165,6 @@ glue("paper_stop", PROFILES["paper"].dip_stop, display=False)
 
 # %% tags=["remove-input"]
 run.banner(imagenet=photos)
-glue("time_standard", expected_time("standard", run.chapter), display=False)
 
 # %% [markdown]
 # The classifier takes pixels in $[0, 1]$ and normalises them itself, so every attack below

@@ -333,6 +333,16 @@ def _short_source(source: str) -> str:
     return _ABSOLUTE_PATH.sub(lambda m: f".../{m.group(1)}", source)
 
 
+def _glue_text(name: str, value: str) -> None:
+    """Paste ``value`` into the book's text as {glue:text}`name`; without myst-nb (on
+    Colab, say) there is no book to paste into, and nothing happens."""
+    try:
+        from myst_nb import glue
+    except ImportError:
+        return
+    glue(name, value, display=False)
+
+
 def _show_markdown(text: str) -> None:
     """Display Markdown in a notebook (rendered by MyST in the book); print it elsewhere."""
     try:
@@ -536,6 +546,8 @@ class Run:
         for name, dataset in datasets.items():
             self.record_data(dataset, name=name)
         _show_markdown(self.banner_markdown())
+        # the opening box of every chapter quotes its standard time as {glue:text}
+        _glue_text("time_standard", expected_time("standard", self.chapter))
 
     def claims_markdown(self) -> str:
         """The "What this run shows" box: each claim with PASS/FAIL, its value, its threshold

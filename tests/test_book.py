@@ -206,8 +206,8 @@ def test_chapter_opens_with_objectives_and_closes_with_takeaways(ipynb: Path):
                  "{glue:text}`time_standard`", "`colab`", "`paper`"):
         assert part in opening, f"{ipynb.name}: the opening box lacks {part}"
     code = "\n".join(c.source for c in cells if c.cell_type == "code")
-    assert 'glue("time_standard", expected_time("standard", run.chapter)' in code, (
-        f"{ipynb.name}: time_standard is not glued from expected_time")
+    assert "run.banner(" in code, (  # Run.banner glues time_standard from expected_time
+        f"{ipynb.name}: no banner, so time_standard is not glued from expected_time")
     takeaways = [i for i, c in enumerate(cells)
                  if c.cell_type == "markdown" and "## Takeaways" in c.source]
     claims = [i for i, c in enumerate(cells)

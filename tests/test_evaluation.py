@@ -323,7 +323,8 @@ def test_time_budgets_are_the_runners():
     assert set(EXPECTED_TIME) == set(PROFILES)
 
 
-def test_expected_time_per_chapter_says_how_it_was_obtained(tmp_path, capsys):
+def test_expected_time_per_chapter_says_how_it_was_obtained(tmp_path, capsys,
+                                                              monkeypatch):
     import re
     from pathlib import Path
 
@@ -362,6 +363,14 @@ def test_expected_time_per_chapter_says_how_it_was_obtained(tmp_path, capsys):
     # the banner and the start of a run carry the chapter's line
     run = Run("adaptive_attacks", PROFILES["colab"], 0, torch.device("cpu"), tmp_path)
     assert expected_time("colab", "adaptive_attacks") in run.banner_markdown()
+    # and the banner glues the standard time that every chapter's opening box quotes
+    import myst_nb
+
+    glued = {}
+    monkeypatch.setattr(myst_nb, "glue",
+                        lambda name, value, display=True: glued.update({name: value}))
+    run.banner()
+    assert glued == {"time_standard": expected_time("standard", "adaptive_attacks")}
     start_run("faces", "standard", 0, "cpu", tmp_path)
     assert expected_time("standard", "faces") in capsys.readouterr().out
     # once gpu_check.sh has measured colab, the estimate wording goes
