@@ -196,6 +196,27 @@ def test_site_check_reads_svg_figures_and_the_pipelines_page(site: Path):
     assert len(r.problems) == 1 and "does not load" in r.problems[0]
 
 
+@pytest.mark.parametrize("measured_on, loads, measured", [
+    (1, 1, True), (3, 3, True), (None, 3, False)])
+def test_site_check_loads_a_page_again_when_the_dump_came_before_its_load_event(
+        monkeypatch, tmp_path: Path, measured_on, loads, measured):
+    early = GOOD_DOM.replace('<pre id="rmd-site-check" data-cells="3"></pre>', "")
+    calls = []
+
+    def fake_load(browser, url, profile_dir):
+        calls.append(profile_dir)
+        return GOOD_DOM if len(calls) == measured_on else early
+
+    monkeypatch.setattr(check_site, "load_dom", fake_load)
+    dom, n = check_site.load_measured_dom("chromium", "http://x/p.html", str(tmp_path))
+    assert n == loads == len(calls) and (dom == GOOD_DOM) == measured
+    assert calls[0] == str(tmp_path) and len(set(calls)) == len(calls)  # a fresh profile each
+    if not measured:  # after the last try the page fails, as a missing measurement should
+        (tmp_path / "notebooks").mkdir(exist_ok=True)
+        r = check_site.inspect_page("notebooks/01_x.html", MATH_SOURCE, dom, tmp_path)
+        assert any("measurement did not run" in p for p in r.problems)
+
+
 def test_site_check_server_adds_the_measurement_to_html_only(site: Path):
     import urllib.request
 
