@@ -107,7 +107,7 @@ P, dev = run.profile, run.device
 names = dataset_names(dataset)
 setups = prepare(run, names, generator=generator, data_dir=data_dir,
                  cache_dir=cache_dir)
-EPS = {"linf": [0.1, 0.2, 0.3], "l2": [1.0, 2.0, 3.0]}
+EPS = {"linf": list(P.adaptive_eps_linf), "l2": list(P.adaptive_eps_l2)}
 
 # %% tags=["remove-input"]
 run.banner()

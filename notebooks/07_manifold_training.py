@@ -386,7 +386,7 @@ plt.show()
 #
 # For each classifier:
 #
-# - **clean**: accuracy on the test set (`P.n_test` images), alone;
+# - **clean**: accuracy on the test set ({glue:text}`n_test` images), alone;
 # - **pairs**: the previous chapter's search at budget $\varepsilon$ = `P.at_eps`, run
 #   against this classifier from the same starting latents (the same seed) as against the
 #   others, so that search $i$ is paired across classifiers. Every search runs all its
@@ -399,7 +399,8 @@ plt.show()
 #   without INC;
 # - **INC** with this classifier, clean and under transferred FGSM and PGD and tangent
 #   BPDA+EOT (the strongest adaptive attack of {doc}`05_adaptive_attacks`) at the same
-#   $L_2$ budget, and the worst case over the three, on `P.n_adaptive` test images.
+#   $L_2$ budget, and the worst case over the three, on {glue:text}`n_eval` test
+#   images.
 
 # %%
 def attacks_for(s, clf):
@@ -416,10 +417,13 @@ def attacks_for(s, clf):
 
 
 EPS = P.pgd_at_eps
+N_EVAL = P.n_at_eval or P.n_adaptive  # test images of the INC and white-box evaluations
+glue("n_eval", N_EVAL, display=False)
+glue("n_test", P.n_test, display=False)
 tables, robust, paths, projections, paired, searches = {}, {}, {}, {}, {}, {}
 with run.timer("evaluation"):
     for name, s in setups.items():
-        x, y = s.test_images(P.n_adaptive, dev)
+        x, y = s.test_images(N_EVAL, dev)
         xt, yt = s.data.x_test.to(dev), s.data.y_test.to(dev)
         # INC's projection does not depend on the classifier
         proj = s.inc(P, seed).project(x)
@@ -454,7 +458,7 @@ with run.timer("evaluation"):
         tables[name] = rows
         display(Markdown(f"**{name}**: pairs at $L_2$ {P.at_eps:g}; "
                          f"attacks at $L_2$ {EPS:g} "
-                         f"({P.n_adaptive} images for INC and white-box PGD)\n\n"
+                         f"({N_EVAL} images for INC and white-box PGD)\n\n"
                          + markdown_table(rows)))
         display(Markdown("Pairs, paired over the same starting latents, against the "
                          "standard classifier (mean difference and 95% interval):\n\n"
@@ -501,7 +505,7 @@ plt.show()
 
 for name, s in setups.items():
     z_a, z_b = path_endpoints(projections[name].z,
-                              s.test_images(P.n_adaptive, dev)[1], 1)
+                              s.test_images(N_EVAL, dev)[1], 1)
     images, _ = confidence_path(s.G, s.classifier, z_a, z_b, n=11)
     image_grid([images[0]], suptitle=f"{name}: path 1, t = 0, 0.1, ..., 1")
     plt.show()
@@ -591,7 +595,7 @@ def paired_text(d):
 
 with run.timer("evaluation"):
     for name, s in setups.items():
-        x, y = s.test_images(P.n_adaptive, dev)
+        x, y = s.test_images(N_EVAL, dev)
         xt, yt = s.data.x_test.to(dev), s.data.y_test.to(dev)
         outcomes = {}
         for label in ("PGD", "authors"):

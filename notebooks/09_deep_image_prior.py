@@ -280,7 +280,10 @@ display(Markdown(
 # ## Accuracy against DIP iterations
 #
 # One batched fit, of the clean images and of the adversarial ones at every budget together,
-# records the reconstruction at the steps of `P.dip_record`. For each we measure the
+# records the reconstruction at the steps of `P.dip_record`. Photo $i$ gets the same
+# network and noise in every group (its random streams are keyed by $i$), so each
+# adversarial curve is paired with the clean one, and at the stop step these are exactly
+# the reconstructions the defense below makes of the same inputs. For each we measure the
 # classifier's accuracy and two errors: to the image the network was given (how well it
 # fits) and, for the adversarial inputs, to the clean image (how much of the perturbation it
 # has started to reproduce). Early stopping pays where the adversarial curves peak and then
@@ -292,7 +295,8 @@ groups = {"clean": x, **{f"BIM {255 * e:g}/255": x_adv[e] for e in EPS}}
 batch = torch.cat(list(groups.values()))
 with run.timer("dip_curve"):
     fit = deep_image_prior(batch, P.dip_steps, record_at=P.dip_record, seed=seed,
-                           progress=True, **DIP)
+                           indices=torch.arange(n).repeat(len(groups)), progress=True,
+                           **DIP)
 curve = []
 for k, step in enumerate(fit.steps):
     row = {"steps": step}
@@ -452,8 +456,10 @@ bpda_rows, bpda_shown = [], []
 with run.timer("bpda"):
     for e in P.dip_bpda_eps:
         x_bpda = pgd(attacker, x, y, e, steps=P.dip_bpda_steps, seed=seed)
-        defense.reset()
-        transfer = correct(defense, x_adv[e], y)
+        # The defense's first call after reset() fits photo i with the streams the curve
+        # gave it, so its verdict on x_adv[e] is already in the curve at the stop step.
+        g = list(groups).index(f"BIM {255 * e:g}/255")
+        transfer = correct(clf, fit.images[stop][g * n:(g + 1) * n], y)
         defense.reset()
         adaptive = correct(defense, x_bpda, y)
         diff = paired_difference(transfer, adaptive)

@@ -39,7 +39,6 @@ TASKS = ("projection", "robust-accuracy", "pairs", "dip")
 # randomised attacker's call counts, and so its draws, depend on the attacks run before.
 ATTACKS = {"fgsm": "FGSM (transfer)", "pgd": "PGD (transfer)", "bpda": "BPDA",
            "bpda-eot": "BPDA+EOT", "tangent": "tangent BPDA+EOT", "latent": "latent"}
-DEFAULT_EPS = {"linf": (0.1, 0.2, 0.3), "l2": (1.0, 2.0, 3.0)}  # chapter 5's grids
 # Images per chunk when --chunk is not given.
 DEFAULT_CHUNK = {"projection": 32, "robust-accuracy": 8, "pairs": 16, "dip": 2}
 FORMAT = 1
@@ -92,8 +91,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--attacks", default=",".join(ATTACKS),
                    help=f"robust-accuracy: comma-separated, from {', '.join(ATTACKS)}")
     p.add_argument("--norms", default="linf,l2", help="robust-accuracy: linf, l2 or both")
-    p.add_argument("--eps-linf", default=None, help="robust-accuracy: L-inf budgets")
-    p.add_argument("--eps-l2", default=None, help="robust-accuracy: L2 budgets")
+    p.add_argument("--eps-linf", default=None,
+                   help="robust-accuracy: L-inf budgets (default: the profile's, as chapter 5)")
+    p.add_argument("--eps-l2", default=None,
+                   help="robust-accuracy: L2 budgets (default: the profile's, as chapter 5)")
     p.add_argument("--budgets", default=None,
                    help="pairs: L2 budgets (default the profile's) | dip: BIM L-inf budgets")
     p.add_argument("--classifier-checkpoint", default=None,
@@ -185,10 +186,11 @@ def make_plan(args, P) -> Plan:
         if bad or not attacks:
             raise EvaluateError(f"unknown attack(s) {bad}; choose from {', '.join(ATTACKS)}.")
         norms = [m.strip() for m in args.norms.split(",") if m.strip()]
-        if not norms or any(m not in DEFAULT_EPS for m in norms):
+        if not norms or any(m not in ("linf", "l2") for m in norms):
             raise EvaluateError(f"--norms must list linf and/or l2, got {args.norms!r}.")
         given = {"linf": args.eps_linf, "l2": args.eps_l2}
-        eps = {m: list(_floats(given[m], f"--eps-{m}") if given[m] else DEFAULT_EPS[m])
+        grid = {"linf": P.adaptive_eps_linf, "l2": P.adaptive_eps_l2}  # chapter 5's
+        eps = {m: list(_floats(given[m], f"--eps-{m}") if given[m] else grid[m])
                for m in norms}
         settings.update(attacks=[ATTACKS[a] for a in ATTACKS if a in attacks], eps=eps)
     if task == "pairs":

@@ -62,6 +62,24 @@ def test_defense_calls_fit_fresh_networks_and_reset_pairs_them():
         defense.purify(x, indices=torch.arange(4))
 
 
+def test_a_longer_recorded_fit_holds_the_defenses_reconstruction_at_its_stop_step():
+    # Chapter 9 reads the defense's verdict on the BIM images from its accuracy curve: a
+    # fit of clean and adversarial images with indices 0..n-1 in each group, recorded at the
+    # defense's stop step, must be what the defense's first call after reset() returns.
+    x = smooth_images(3).double()
+    adv = (x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1),
+                                  dtype=x.dtype)).clamp(0, 1)
+    curve = deep_image_prior(torch.cat([x, adv]), 12, record_at=[4, 8, 12], seed=5,
+                             indices=torch.arange(3).repeat(2), **TINY)
+    defense = DIPDefense(nn.Identity(), 8, seed=5, **TINY)
+    defense.purify(x)  # a call before, as the chapter's defense may have had
+    defense.reset()
+    torch.testing.assert_close(defense.purify(adv), curve.images[1][3:], rtol=0, atol=1e-10)
+    # without the repeated indices, the adversarial images get other networks
+    plain = deep_image_prior(torch.cat([x, adv]), 8, seed=5, **TINY)
+    assert (plain.final[3:] - curve.images[1][3:]).abs().max() > 1e-3
+
+
 def test_bpda_eot_fits_fresh_networks_at_every_step():
     torch.manual_seed(0)
     clf = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 5))

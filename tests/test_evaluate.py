@@ -135,6 +135,19 @@ def test_two_ranks_equal_one_process_pairs_and_dip(cache, tmp_path):
     assert [r["steps"] for r in one["tables"]["dip_curve"]] == [3, 6]
 
 
+@pytest.mark.parametrize("profile", ["standard", "colab"])
+def test_robust_accuracy_budgets_default_to_the_profiles_as_chapter_5(profile):
+    from rmd_lib.profiles import get_profile
+
+    args = evaluate.parser().parse_args(["--profile", profile, "--device", "cpu", "--task",
+                                         "robust-accuracy", "--out", "x"])
+    P = get_profile(profile, "cpu")
+    plan = evaluate.make_plan(args, P)
+    assert plan.settings["eps"] == {"linf": list(P.adaptive_eps_linf),
+                                    "l2": list(P.adaptive_eps_l2)}
+    assert len(P.adaptive_eps_linf) == (2 if profile == "standard" else 3)
+
+
 def test_chapter_reads_robust_accuracy_only_when_it_matches(cache, tmp_path):
     path = _inprocess([*ROBUST, "--out", str(tmp_path)], cache)
     P = evaluate._profile(evaluate.parser().parse_args([*SMALL, "--task", "x", "--out", "x"]))
