@@ -79,7 +79,7 @@ class Profile:
     # projects the images still running with the defense's whole budget). Measured on
     # standard's MNIST INC (200 steps, 10 restarts), 1 CPU thread, 20 images and 100
     # queries: 31 s at L-inf 0.3 and 48 s at L2 3.0. Standard runs 10 images, about 40 s
-    # per dataset: the chapter already runs past the profile's 18-minute budget.
+    # per dataset, to keep the chapter within the profile's 18-minute budget.
     # On a GPU the same arithmetic holds: see SQUARE_QUERY_S_H200 below; colab and paper
     # are sized by it, not by the paper's 10,000 queries, which no chapter could afford.
     square_n: int = 10
@@ -177,8 +177,8 @@ PROFILES: dict[str, Profile] = {
         n_dip=4, dip_size=64, dip_width=8, dip_depth=3, dip_steps=20, dip_record=(5, 10, 20),
         dip_stop=10, dip_bim_steps=3, dip_bpda_steps=2,
     ),
-    # CPU book build: real numbers; sized for 18 min a notebook on 2 cores. The longest
-    # chapters take more: rmd_lib.evaluation.STANDARD_MEASURED_S holds each one's time.
+    # CPU book build: real numbers; sized for 18 min a notebook on 2 cores.
+    # rmd_lib.evaluation.STANDARD_MEASURED_S holds each chapter's measured time.
     "standard": Profile(
         name="standard", n_train=20000, n_test=1000,
         classifier_epochs=4, vae_epochs=100, gan_iters=1200, gan_width=32,
