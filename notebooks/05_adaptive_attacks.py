@@ -93,7 +93,8 @@ results_from = None   # a robust-accuracy file of `python -m rmd_lib.evaluate`: 
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from rmd_lib.attack_tables import robust_accuracy_table, worst_case_with
+from rmd_lib.attack_tables import (adaptive_eps, robust_accuracy_table,
+                                   worst_case_with)
 from rmd_lib.attacks import BPDA, fgsm, latent_space_attack, pgd, square_attack
 from rmd_lib.data import dataset_names
 from rmd_lib.evaluation import markdown_table, start_run
@@ -107,7 +108,7 @@ P, dev = run.profile, run.device
 names = dataset_names(dataset)
 setups = prepare(run, names, generator=generator, data_dir=data_dir,
                  cache_dir=cache_dir)
-EPS = {"linf": list(P.adaptive_eps_linf), "l2": list(P.adaptive_eps_l2)}
+EPS = adaptive_eps(P)
 
 # %% tags=["remove-input"]
 run.banner()

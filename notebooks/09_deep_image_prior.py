@@ -458,7 +458,7 @@ with run.timer("bpda"):
         x_bpda = pgd(attacker, x, y, e, steps=P.dip_bpda_steps, seed=seed)
         # The defense's first call after reset() fits photo i with the streams the curve
         # gave it, so its verdict on x_adv[e] is already in the curve at the stop step.
-        g = list(groups).index(f"BIM {255 * e:g}/255")
+        g = 1 + EPS.index(e)  # groups: clean, then one per budget of EPS
         transfer = correct(clf, fit.images[stop][g * n:(g + 1) * n], y)
         defense.reset()
         adaptive = correct(defense, x_bpda, y)

@@ -14,8 +14,15 @@ from .attacks import UnrolledINC, cw_l2, input_gradient, minmax_pairs, pgd
 from .evaluation import predict
 from .randomness import randomised
 
-__all__ = ["cw_table", "unrolled_table", "transfer_table", "robust_accuracy_table", "pair_table",
-           "correct", "worst_case_with", "robust_outcomes", "costly_columns"]
+__all__ = ["adaptive_eps", "cw_table", "unrolled_table", "transfer_table",
+           "robust_accuracy_table", "pair_table", "correct", "worst_case_with",
+           "robust_outcomes", "costly_columns"]
+
+
+def adaptive_eps(P) -> dict[str, list[float]]:
+    """The adaptive chapter's budgets by norm, as chapter 5 and ``rmd_lib.evaluate`` both
+    use them: ``{"linf": [...], "l2": [...]}`` from the profile ``P``."""
+    return {"linf": list(P.adaptive_eps_linf), "l2": list(P.adaptive_eps_l2)}
 
 
 def _synchronize(x: torch.Tensor) -> None:

@@ -186,11 +186,13 @@ def make_plan(args, P) -> Plan:
         if bad or not attacks:
             raise EvaluateError(f"unknown attack(s) {bad}; choose from {', '.join(ATTACKS)}.")
         norms = [m.strip() for m in args.norms.split(",") if m.strip()]
-        if not norms or any(m not in ("linf", "l2") for m in norms):
+        from .attack_tables import adaptive_eps
+
+        grid = adaptive_eps(P)  # chapter 5's budgets
+        if not norms or any(m not in grid for m in norms):
             raise EvaluateError(f"--norms must list linf and/or l2, got {args.norms!r}.")
         given = {"linf": args.eps_linf, "l2": args.eps_l2}
-        grid = {"linf": P.adaptive_eps_linf, "l2": P.adaptive_eps_l2}  # chapter 5's
-        eps = {m: list(_floats(given[m], f"--eps-{m}") if given[m] else grid[m])
+        eps = {m: list(_floats(given[m], f"--eps-{m}")) if given[m] else grid[m]
                for m in norms}
         settings.update(attacks=[ATTACKS[a] for a in ATTACKS if a in attacks], eps=eps)
     if task == "pairs":

@@ -176,3 +176,10 @@ def test_every_field_is_read_somewhere():
               # read by a name built in an f-string, as getattr(P, f"adaptive_drop_{norm}")
               and f.name.rsplit("_", 1)[0] + "_{" not in text]
     assert not unread, f"profile fields nothing reads: {unread}"
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_dip_bpda_budgets_are_among_the_curves(name):
+    # chapter 9 reads BPDA's transfer column from the curve's group of the same budget
+    P = PROFILES[name]
+    assert set(P.dip_bpda_eps) <= set(P.dip_eps) and P.dip_stop in P.dip_record
